@@ -1,0 +1,7 @@
+export * from "./server.ts";
+export * from "./client.ts";
+export * from "./status.ts";
+export * from "./health.ts";
+export { ReflectionIndex, splitDescriptorSet } from "./reflection.ts";
+export { ReflectionClient } from "./reflection-client.ts";
+export * from "./config.ts";

@@ -1,0 +1,5 @@
+export * from "./errors.ts";
+export * from "./config.ts";
+export * from "./logger.ts";
+export * from "./lifecycle.ts";
+export * from "./abort.ts";

@@ -1,0 +1,88 @@
+// Service lifecycle: starting → running → draining → stopped, or failed.
+// Only `runMain` touches process signals: the first SIGINT/SIGTERM drains within the
+// grace period; a second signal, or the grace period running out, forces exit.
+import { EventEmitter } from "node:events";
+import type { Logger } from "./logger.ts";
+
+export type LifecycleState = "starting" | "running" | "draining" | "stopped" | "failed";
+
+/** What a service's createApp returns. */
+export interface App {
+  /** Opens listeners and connections; resolves when the service is serving. */
+  start(): Promise<void>;
+  /** Stops accepting work, finishes in-flight work (respecting `signal`), releases resources. */
+  stop(signal: AbortSignal): Promise<void>;
+}
+
+export class Lifecycle extends EventEmitter<{ state: [LifecycleState] }> {
+  #state: LifecycleState = "starting";
+  get state(): LifecycleState {
+    return this.#state;
+  }
+  set(state: LifecycleState): void {
+    if (this.#state === state) return;
+    this.#state = state;
+    this.emit("state", state);
+  }
+}
+
+export interface RunOptions {
+  logger: Logger;
+  graceMs?: number;
+  /** For tests: do not install signal handlers or exit the process. */
+  exit?: (code: number) => void;
+}
+
+/**
+ * Runs an app until SIGINT/SIGTERM. Exit code 0 after a clean drain, 1 on failure or force.
+ */
+export async function runMain(app: App, opts: RunOptions): Promise<Lifecycle> {
+  const { logger, graceMs = 10_000 } = opts;
+  const exit = opts.exit ?? ((code: number) => process.exit(code));
+  const life = new Lifecycle();
+  life.on("state", (state) => logger.info({ state }, `lifecycle ${state}`));
+  try {
+    await app.start();
+  } catch (err) {
+    life.set("failed");
+    logger.fatal({ err }, "start failed");
+    exit(1);
+    return life;
+  }
+  life.set("running");
+
+  const drain = new AbortController();
+  let signals = 0;
+  const onSignal = (sig: NodeJS.Signals) => {
+    signals += 1;
+    if (signals > 1) {
+      logger.warn({ signal: sig }, "second signal: forcing exit");
+      drain.abort();
+      exit(1);
+      return;
+    }
+    life.set("draining");
+    const timer = setTimeout(() => {
+      logger.warn({ graceMs }, "grace period over: forcing exit");
+      drain.abort();
+      exit(1);
+    }, graceMs);
+    timer.unref();
+    app.stop(drain.signal).then(
+      () => {
+        clearTimeout(timer);
+        life.set("stopped");
+        exit(0);
+      },
+      (err: unknown) => {
+        clearTimeout(timer);
+        life.set("failed");
+        logger.error({ err }, "drain failed");
+        exit(1);
+      },
+    );
+  };
+  process.on("SIGINT", onSignal);
+  process.on("SIGTERM", onSignal);
+  return life;
+}
