@@ -1,0 +1,90 @@
+// NATS connections (reconnecting forever), KV buckets and the events stream.
+import { connect, type NatsConnection } from "@nats-io/transport-node";
+import { jetstreamManager } from "@nats-io/jetstream";
+import { Kvm, type KV } from "@nats-io/kv";
+import { unavailable } from "@ferry/runtime";
+import { EVENTS_STREAM, EVENTS_SUBJECT_PREFIX } from "./names.ts";
+
+export type { NatsConnection, KV };
+
+export interface ConnectOptions {
+  /** Comma-separated nats:// URLs. */
+  url: string;
+  /** Connection name shown by the server (service and host). */
+  name: string;
+  /** Give up on the first connect after this long (later disconnects reconnect forever). */
+  connectTimeoutMs?: number;
+  /** Called with true/false as the connection comes and goes. */
+  onConnectionChange?: (connected: boolean) => void;
+}
+
+export async function connectNats(opts: ConnectOptions): Promise<NatsConnection> {
+  let nc: NatsConnection;
+  try {
+    nc = await connect({
+      servers: opts.url.split(",").map((s) => s.trim()),
+      name: opts.name,
+      maxReconnectAttempts: -1,
+      reconnectTimeWait: 500,
+      timeout: opts.connectTimeoutMs ?? 5000,
+      waitOnFirstConnect: false,
+    });
+  } catch (err) {
+    throw unavailable(`cannot connect to NATS at ${opts.url}: ${(err as Error).message}`, "NATS_UNAVAILABLE", err);
+  }
+  if (opts.onConnectionChange) {
+    const cb = opts.onConnectionChange;
+    void (async () => {
+      for await (const s of nc.status()) {
+        if (s.type === "disconnect") cb(false);
+        else if (s.type === "reconnect") cb(true);
+      }
+    })();
+  }
+  return nc;
+}
+
+export interface BucketOptions {
+  /** Values kept per key (1 = last only). */
+  history?: number;
+  replicas?: number;
+  description?: string;
+}
+
+/** Opens a KV bucket, creating it (file storage) when missing. */
+export async function openBucket(nc: NatsConnection, name: string, opts: BucketOptions = {}): Promise<KV> {
+  const kvm = new Kvm(nc);
+  return kvm.create(name, {
+    history: opts.history ?? 1,
+    replicas: opts.replicas ?? 1,
+    storage: "file",
+    ...(opts.description ? { description: opts.description } : {}),
+  });
+}
+
+export interface EventsStreamOptions {
+  replicas?: number;
+  /** How long events are kept (default 30 days). */
+  maxAgeMs?: number;
+  /** Nats-Msg-Id dedupe window (default 2 min; consumers also dedupe by seq). */
+  duplicateWindowMs?: number;
+}
+
+/** Declares the step-events stream (idempotent). */
+export async function ensureEventsStream(nc: NatsConnection, opts: EventsStreamOptions = {}): Promise<void> {
+  const jsm = await jetstreamManager(nc);
+  const config = {
+    name: EVENTS_STREAM,
+    subjects: [`${EVENTS_SUBJECT_PREFIX}.>`],
+    storage: "file" as const,
+    num_replicas: opts.replicas ?? 1,
+    max_age: (opts.maxAgeMs ?? 30 * 24 * 3600_000) * 1_000_000,
+    duplicate_window: (opts.duplicateWindowMs ?? 120_000) * 1_000_000,
+  };
+  try {
+    await jsm.streams.info(EVENTS_STREAM);
+    await jsm.streams.update(EVENTS_STREAM, config);
+  } catch {
+    await jsm.streams.add(config);
+  }
+}

@@ -1,0 +1,70 @@
+// Measuring an OS image in one streaming pass: compressed size and sha256 (the blob the
+// distributor serves) and raw size and sha256 (what is written to the slot).
+import { createHash } from "node:crypto";
+import { Readable, Transform, Writable } from "node:stream";
+import { pipeline } from "node:stream/promises";
+import { createGunzip, createZstdDecompress } from "node:zlib";
+import { events } from "@ferry/proto";
+
+const { Compression } = events;
+
+export interface ImageMeasure {
+  format: events.Compression;
+  compressedSize: number;
+  compressedSha256: string;
+  rawSize: number;
+  rawSha256: string;
+}
+
+/** Guesses the compression from the first bytes (zstd and gzip magic numbers). */
+export function sniffCompression(head: Uint8Array): events.Compression {
+  if (head[0] === 0x28 && head[1] === 0xb5 && head[2] === 0x2f && head[3] === 0xfd) return Compression.COMPRESSION_ZSTD;
+  if (head[0] === 0x1f && head[1] === 0x8b) return Compression.COMPRESSION_GZIP;
+  return Compression.COMPRESSION_NONE;
+}
+
+export function decompressor(format: events.Compression): Transform | undefined {
+  if (format === Compression.COMPRESSION_ZSTD) return createZstdDecompress();
+  if (format === Compression.COMPRESSION_GZIP) return createGunzip();
+  return undefined;
+}
+
+/** A pass-through that counts and hashes what flows through it. */
+export class HashCounter extends Transform {
+  readonly hash = createHash("sha256");
+  bytes = 0;
+  override _transform(chunk: Buffer, _enc: BufferEncoding, cb: () => void) {
+    this.hash.update(chunk);
+    this.bytes += chunk.length;
+    this.push(chunk);
+    cb();
+  }
+}
+
+/**
+ * Reads a compressed (or raw) image once and measures both sides. The format is sniffed
+ * from the first bytes unless given. A corrupt stream rejects with the decoder's error.
+ */
+export async function measureImage(source: Readable, format?: events.Compression, signal?: AbortSignal): Promise<ImageMeasure> {
+  const it = source[Symbol.asyncIterator]() as AsyncIterator<Buffer>;
+  const first = await it.next();
+  const fmt = format ?? (first.done ? Compression.COMPRESSION_NONE : sniffCompression(first.value));
+  async function* all(): AsyncGenerator<Buffer> {
+    if (first.done) return;
+    yield first.value;
+    for (let n = await it.next(); !n.done; n = await it.next()) yield n.value;
+  }
+  const compressed = new HashCounter();
+  const raw = new HashCounter();
+  const decoder = decompressor(fmt);
+  const sink = new Writable({ write: (_c, _e, cb) => cb() });
+  const stages = [Readable.from(all()), compressed, ...(decoder ? [decoder] : []), raw, sink] as const;
+  await (pipeline as (...a: unknown[]) => Promise<void>)(...stages, ...(signal ? [{ signal }] : []));
+  return {
+    format: fmt,
+    compressedSize: compressed.bytes,
+    compressedSha256: compressed.hash.digest("hex"),
+    rawSize: raw.bytes,
+    rawSha256: raw.hash.digest("hex"),
+  };
+}

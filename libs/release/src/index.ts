@@ -1,0 +1,3 @@
+export * from "./semver.ts";
+export * from "./manifest.ts";
+export * from "./image.ts";

@@ -1,0 +1,147 @@
+// The one ed25519 envelope library: keys, keyrings with a threshold, sign and verify.
+// Signatures cover the exact manifest bytes; nothing is re-serialised before verifying.
+import { createHash, createPrivateKey, createPublicKey, generateKeyPairSync, sign as edSign, verify as edVerify, type KeyObject } from "node:crypto";
+import { events } from "@ferry/proto";
+import { FerryError } from "@ferry/runtime";
+
+export type SignedEnvelope = events.SignedEnvelope;
+
+/** Why an envelope was refused; `code` is stable for callers and events. */
+export class SignatureError extends FerryError {
+  constructor(code: "UNSIGNED" | "SIGNATURE_MALFORMED" | "THRESHOLD_NOT_MET" | "KEY_INVALID" | "KEYRING_INVALID", message: string) {
+    super(code === "SIGNATURE_MALFORMED" || code === "KEY_INVALID" || code === "KEYRING_INVALID" ? "invalid_argument" : "permission_denied", code, message);
+    this.name = "SignatureError";
+  }
+}
+
+export interface SigningKey {
+  keyId: string;
+  privateKey: KeyObject;
+}
+
+/** Key id: first 16 hex digits of sha256 over the raw 32-byte ed25519 public key. */
+export function keyIdOf(publicKey: KeyObject): string {
+  const jwk = publicKey.export({ format: "jwk" });
+  if (jwk.crv !== "Ed25519" || typeof jwk.x !== "string") throw new SignatureError("KEY_INVALID", "not an ed25519 public key");
+  return createHash("sha256").update(Buffer.from(jwk.x, "base64url")).digest("hex").slice(0, 16);
+}
+
+/** A new key pair as PEM (PKCS#8 private, SPKI public) with its key id. */
+export function generateKeyPair(): { keyId: string; privatePem: string; publicPem: string } {
+  const { privateKey, publicKey } = generateKeyPairSync("ed25519");
+  return {
+    keyId: keyIdOf(publicKey),
+    privatePem: privateKey.export({ format: "pem", type: "pkcs8" }).toString(),
+    publicPem: publicKey.export({ format: "pem", type: "spki" }).toString(),
+  };
+}
+
+export function loadSigningKey(pem: string | Buffer): SigningKey {
+  let privateKey: KeyObject;
+  try {
+    privateKey = createPrivateKey(pem);
+  } catch (err) {
+    throw new SignatureError("KEY_INVALID", `cannot read private key: ${(err as Error).message}`);
+  }
+  if (privateKey.asymmetricKeyType !== "ed25519") throw new SignatureError("KEY_INVALID", `private key is ${privateKey.asymmetricKeyType}, not ed25519`);
+  return { keyId: keyIdOf(createPublicKey(privateKey)), privateKey };
+}
+
+export function loadPublicKey(pem: string | Buffer): { keyId: string; publicKey: KeyObject } {
+  let publicKey: KeyObject;
+  try {
+    publicKey = createPublicKey(pem);
+  } catch (err) {
+    throw new SignatureError("KEY_INVALID", `cannot read public key: ${(err as Error).message}`);
+  }
+  if (publicKey.asymmetricKeyType !== "ed25519") throw new SignatureError("KEY_INVALID", `public key is ${publicKey.asymmetricKeyType}, not ed25519`);
+  return { keyId: keyIdOf(publicKey), publicKey };
+}
+
+export function publicPemOf(key: SigningKey): string {
+  return createPublicKey(key.privateKey).export({ format: "pem", type: "spki" }).toString();
+}
+
+/** Trusted public keys and how many distinct ones must have signed. */
+export interface Keyring {
+  threshold: number;
+  keys: Map<string, KeyObject>;
+}
+
+export function createKeyring(publicPems: Array<string | Buffer>, threshold: number): Keyring {
+  const keys = new Map<string, KeyObject>();
+  for (const pem of publicPems) {
+    const { keyId, publicKey } = loadPublicKey(pem);
+    keys.set(keyId, publicKey);
+  }
+  if (!Number.isInteger(threshold) || threshold < 1) throw new SignatureError("KEYRING_INVALID", `threshold must be an integer ≥ 1, got ${threshold}`);
+  if (threshold > keys.size) throw new SignatureError("KEYRING_INVALID", `threshold ${threshold} exceeds the ${keys.size} distinct key(s) in the keyring`);
+  return { threshold, keys };
+}
+
+/** Keyring file: `{ "threshold": 1, "keys": ["-----BEGIN PUBLIC KEY-----..."] }`. */
+export function parseKeyringJson(text: string): Keyring {
+  let doc: unknown;
+  try {
+    doc = JSON.parse(text);
+  } catch (err) {
+    throw new SignatureError("KEYRING_INVALID", `keyring is not JSON: ${(err as Error).message}`);
+  }
+  const d = doc as { threshold?: unknown; keys?: unknown };
+  if (typeof d !== "object" || d === null || !Array.isArray(d.keys) || !d.keys.every((k) => typeof k === "string")) {
+    throw new SignatureError("KEYRING_INVALID", 'keyring must be {"threshold": N, "keys": ["<PEM public key>", ...]}');
+  }
+  return createKeyring(d.keys as string[], typeof d.threshold === "number" ? d.threshold : NaN);
+}
+
+export function formatKeyringJson(publicPems: string[], threshold: number): string {
+  return `${JSON.stringify({ threshold, keys: publicPems }, null, 2)}\n`;
+}
+
+export function signBytes(bytes: Uint8Array, key: SigningKey): events.Signature {
+  return { keyId: key.keyId, sig: edSign(null, bytes, key.privateKey) };
+}
+
+export function signEnvelope(manifest: Uint8Array, keys: SigningKey[]): SignedEnvelope {
+  return { manifest: Buffer.from(manifest), signatures: keys.map((k) => signBytes(manifest, k)) };
+}
+
+/** Adds signatures to an envelope (another signer of a k-of-n keyring). */
+export function addSignatures(env: SignedEnvelope, keys: SigningKey[]): SignedEnvelope {
+  const have = new Set(env.signatures.map((s) => s.keyId));
+  return { manifest: env.manifest, signatures: [...env.signatures, ...keys.filter((k) => !have.has(k.keyId)).map((k) => signBytes(env.manifest, k))] };
+}
+
+/**
+ * Verifies an envelope against a keyring: at least `threshold` distinct trusted keys must
+ * have a valid signature over the exact manifest bytes. A key counts once however many
+ * times it appears; unknown keys and bad signatures do not count.
+ * Returns the key ids that verified.
+ */
+export function verifyEnvelope(env: SignedEnvelope | undefined, keyring: Keyring): string[] {
+  if (!env || env.manifest.length === 0) throw new SignatureError("SIGNATURE_MALFORMED", "envelope has no manifest bytes");
+  if (env.signatures.length === 0) throw new SignatureError("UNSIGNED", "manifest is unsigned");
+  if (env.signatures.length > 64) throw new SignatureError("SIGNATURE_MALFORMED", `too many signatures (${env.signatures.length} > 64)`);
+  const good = new Set<string>();
+  const problems: string[] = [];
+  for (const s of env.signatures) {
+    const key = keyring.keys.get(s.keyId);
+    if (!key) {
+      problems.push(`key ${s.keyId || "<empty>"} is not in the keyring`);
+      continue;
+    }
+    if (s.sig.length !== 64) {
+      problems.push(`key ${s.keyId}: signature is ${s.sig.length} bytes, not 64`);
+      continue;
+    }
+    if (edVerify(null, env.manifest, key, s.sig)) good.add(s.keyId);
+    else problems.push(`key ${s.keyId}: signature does not match the manifest bytes`);
+  }
+  if (good.size < keyring.threshold) {
+    throw new SignatureError(
+      "THRESHOLD_NOT_MET",
+      `signature threshold not met: ${good.size} of ${keyring.threshold} required trusted key(s) signed${problems.length ? ` (${problems.join("; ")})` : ""}`,
+    );
+  }
+  return [...good].sort();
+}

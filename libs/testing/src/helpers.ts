@@ -1,0 +1,92 @@
+import { spawn, type ChildProcess } from "node:child_process";
+import { mkdtempSync, rmSync } from "node:fs";
+import { createServer } from "node:net";
+import { tmpdir } from "node:os";
+import { dirname, join } from "node:path";
+import { fileURLToPath } from "node:url";
+
+export const repoRoot = join(dirname(fileURLToPath(import.meta.url)), "..", "..", "..");
+
+/** Polls `fn` until it returns a truthy value (returned) or the timeout passes (throws). */
+export async function waitFor<T>(fn: () => T | Promise<T>, opts: { timeoutMs?: number; intervalMs?: number; what?: string } = {}): Promise<NonNullable<T>> {
+  const deadline = Date.now() + (opts.timeoutMs ?? 10_000);
+  let last: unknown;
+  for (;;) {
+    try {
+      const v = await fn();
+      if (v) return v as NonNullable<T>;
+    } catch (err) {
+      last = err;
+    }
+    if (Date.now() > deadline) {
+      throw new Error(`timed out waiting for ${opts.what ?? "condition"}${last ? `: ${String(last)}` : ""}`);
+    }
+    await new Promise((r) => setTimeout(r, opts.intervalMs ?? 50));
+  }
+}
+
+/** A free TCP port on loopback (bound and released; prefer port 0 where the server allows it). */
+export async function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const srv = createServer();
+    srv.unref();
+    srv.on("error", reject);
+    srv.listen(0, "127.0.0.1", () => {
+      const { port } = srv.address() as { port: number };
+      srv.close(() => resolve(port));
+    });
+  });
+}
+
+/** A temp dir removed on dispose. */
+export function tempDir(prefix = "ferry-test-"): { path: string } & Disposable {
+  const path = mkdtempSync(join(tmpdir(), prefix));
+  return { path, [Symbol.dispose]: () => rmSync(path, { recursive: true, force: true }) };
+}
+
+/** A service process started with Node 24 (the one running the tests), its output kept. */
+export class ServiceProcess implements AsyncDisposable {
+  readonly proc: ChildProcess;
+  output = "";
+  constructor(script: string, env: Record<string, string>, args: string[] = []) {
+    this.proc = spawn(process.execPath, [join(repoRoot, script), ...args], {
+      env: { PATH: process.env.PATH ?? "", HOME: process.env.HOME ?? "", FERRY_LOG_LEVEL: "info", ...env },
+      stdio: ["ignore", "pipe", "pipe"],
+    });
+    this.proc.stdout!.on("data", (d: Buffer) => (this.output += d.toString()));
+    this.proc.stderr!.on("data", (d: Buffer) => (this.output += d.toString()));
+  }
+
+  /** JSON log lines emitted so far. */
+  logs(): Array<Record<string, unknown>> {
+    return this.output
+      .split("\n")
+      .filter((l) => l.startsWith("{"))
+      .map((l) => JSON.parse(l) as Record<string, unknown>);
+  }
+
+  async waitForLog(pred: (l: Record<string, unknown>) => boolean, timeoutMs = 15_000): Promise<Record<string, unknown>> {
+    return waitFor(
+      () => {
+        if (this.proc.exitCode !== null) throw new Error(`process exited with ${this.proc.exitCode}:\n${this.output}`);
+        return this.logs().find(pred);
+      },
+      { timeoutMs, what: `log line in:\n${this.output}` },
+    );
+  }
+
+  exited(): Promise<number | null> {
+    if (this.proc.exitCode !== null || this.proc.signalCode !== null) return Promise.resolve(this.proc.exitCode);
+    return new Promise((r) => this.proc.once("exit", (code) => r(code)));
+  }
+
+  async kill(signal: NodeJS.Signals = "SIGKILL"): Promise<number | null> {
+    const done = this.exited();
+    this.proc.kill(signal);
+    return done;
+  }
+
+  async [Symbol.asyncDispose](): Promise<void> {
+    if (this.proc.exitCode === null && this.proc.signalCode === null) await this.kill("SIGKILL");
+  }
+}

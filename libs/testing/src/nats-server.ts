@@ -1,0 +1,114 @@
+// A real nats-server (≥ 2.10, JetStream syncing every write) on a random loopback port
+// with its store in a temp dir. The binary comes from scripts/ensure-nats-server.sh:
+// $FERRY_NATS_SERVER, PATH, or Debian trixie's package unpacked into a cache folder.
+import { execFileSync, spawn, type ChildProcess } from "node:child_process";
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { dirname, join } from "node:path";
+import { fileURLToPath } from "node:url";
+
+const repoRoot = join(dirname(fileURLToPath(import.meta.url)), "..", "..", "..");
+let binary: string | undefined;
+
+/** Path of a nats-server ≥ 2.10 (downloads one into the cache on first use if needed). */
+export function natsServerBinary(): string {
+  binary ??= execFileSync(join(repoRoot, "scripts", "ensure-nats-server.sh"), { encoding: "utf8", stdio: ["ignore", "pipe", "inherit"] }).trim();
+  return binary;
+}
+
+export interface NatsServerOptions {
+  /** Keep this store dir (to restart on the same data); default a new temp dir. */
+  storeDir?: string;
+  /** Fixed port (restart on the same port); default random. */
+  port?: number;
+}
+
+export class NatsServer implements AsyncDisposable {
+  readonly storeDir: string;
+  port = 0;
+  #proc: ChildProcess | undefined;
+  #ownsStore: boolean;
+  #confDir: string;
+
+  private constructor(opts: NatsServerOptions) {
+    this.#ownsStore = opts.storeDir === undefined;
+    this.storeDir = opts.storeDir ?? mkdtempSync(join(tmpdir(), "ferry-nats-"));
+    this.#confDir = mkdtempSync(join(tmpdir(), "ferry-natsconf-"));
+    this.port = opts.port ?? 0;
+  }
+
+  static async start(opts: NatsServerOptions = {}): Promise<NatsServer> {
+    const s = new NatsServer(opts);
+    await s.#launch();
+    return s;
+  }
+
+  get url(): string {
+    return `nats://127.0.0.1:${this.port}`;
+  }
+
+  get running(): boolean {
+    return this.#proc !== undefined && this.#proc.exitCode === null;
+  }
+
+  async #launch(): Promise<void> {
+    const conf = join(this.#confDir, "nats.conf");
+    writeFileSync(
+      conf,
+      [
+        `listen: 127.0.0.1:${this.port === 0 ? -1 : this.port}`,
+        `http: 127.0.0.1:-1`,
+        `jetstream {`,
+        `  store_dir: ${JSON.stringify(this.storeDir)}`,
+        `  sync_interval: always`,
+        `}`,
+        ``,
+      ].join("\n"),
+    );
+    const proc = spawn(natsServerBinary(), ["-c", conf], { stdio: ["ignore", "pipe", "pipe"] });
+    this.#proc = proc;
+    let log = "";
+    this.port = await new Promise<number>((resolve, reject) => {
+      const timer = setTimeout(() => reject(new Error(`nats-server did not start in 15 s:\n${log}`)), 15_000);
+      const onData = (d: Buffer) => {
+        log += d.toString();
+        const m = /Listening for client connections on [^\s]*:(\d+)/.exec(log);
+        if (m && /Server is ready/.test(log)) {
+          clearTimeout(timer);
+          resolve(Number(m[1]));
+        }
+      };
+      proc.stderr!.on("data", onData);
+      proc.stdout!.on("data", onData);
+      proc.once("exit", (code) => {
+        clearTimeout(timer);
+        reject(new Error(`nats-server exited with ${code}:\n${log}`));
+      });
+    });
+    proc.stderr!.removeAllListeners("data");
+    proc.stdout!.removeAllListeners("data");
+    proc.stderr!.resume();
+    proc.stdout!.resume();
+  }
+
+  /** Stops the server (SIGTERM, or SIGKILL when `hard`). */
+  async stop(hard = false): Promise<void> {
+    const p = this.#proc;
+    if (!p || p.exitCode !== null || p.signalCode !== null) return;
+    const exited = new Promise((r) => p.once("exit", r));
+    p.kill(hard ? "SIGKILL" : "SIGTERM");
+    await exited;
+  }
+
+  /** Starts again on the same port and store. */
+  async restart(hard = false): Promise<void> {
+    await this.stop(hard);
+    await this.#launch();
+  }
+
+  async [Symbol.asyncDispose](): Promise<void> {
+    await this.stop(true);
+    rmSync(this.#confDir, { recursive: true, force: true });
+    if (this.#ownsStore) rmSync(this.storeDir, { recursive: true, force: true });
+  }
+}
