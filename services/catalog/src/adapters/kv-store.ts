@@ -1,0 +1,157 @@
+// Catalog state in a NATS KV bucket (file storage), mirrored in memory by a watcher so
+// reads are local and every catalog replica converges. Writes are compare-and-set on the
+// key's revision; the catalog is the bucket's only writer.
+//   releases.<version>      catalog.v1.Release (proto binary)
+//   aliases.<name>          catalog.v1.Alias
+//   edges.<from>=<to>       catalog.v1.BlockedEdge
+import { catalog } from "@ferry/proto";
+import { aborted } from "@ferry/runtime";
+import type { KV } from "@ferry/messaging";
+
+type Release = catalog.Release;
+type Alias = catalog.Alias;
+type BlockedEdge = catalog.BlockedEdge;
+
+const MAX_CAS_ATTEMPTS = 8;
+
+export class KvCatalogStore {
+  readonly #kv: KV;
+  readonly #releases = new Map<string, { value: Release; revision: number }>();
+  readonly #aliases = new Map<string, Alias>();
+  readonly #edges = new Map<string, BlockedEdge>();
+  #ready = false;
+  #stop: (() => void) | undefined;
+
+  constructor(kv: KV) {
+    this.#kv = kv;
+  }
+
+  get ready(): boolean {
+    return this.#ready;
+  }
+
+  /** Loads every key and keeps following changes; resolves once the snapshot is loaded. */
+  async start(): Promise<void> {
+    const status = await this.#kv.status();
+    const watcher = await this.#kv.watch({ key: ">" });
+    this.#stop = () => watcher.stop();
+    let resolveReady!: () => void;
+    const ready = new Promise<void>((r) => (resolveReady = r));
+    if (status.values === 0) {
+      this.#ready = true;
+      resolveReady();
+    }
+    void (async () => {
+      for await (const e of watcher) {
+        this.#apply(e.key, e.operation === "PUT" ? e.value : undefined, e.revision);
+        if (!this.#ready && e.delta === 0) {
+          this.#ready = true;
+          resolveReady();
+        }
+      }
+    })();
+    await ready;
+  }
+
+  stop(): void {
+    this.#stop?.();
+  }
+
+  #apply(key: string, value: Uint8Array | undefined, revision: number): void {
+    const dot = key.indexOf(".");
+    const kind = key.slice(0, dot);
+    const name = key.slice(dot + 1);
+    if (kind === "releases") {
+      const cur = this.#releases.get(name);
+      if (cur && cur.revision >= revision) return;
+      if (value) this.#releases.set(name, { value: catalog.Release.decode(value), revision });
+      else this.#releases.delete(name);
+    } else if (kind === "aliases") {
+      if (value) this.#aliases.set(name, catalog.Alias.decode(value));
+      else this.#aliases.delete(name);
+    } else if (kind === "edges") {
+      if (value) this.#edges.set(name, catalog.BlockedEdge.decode(value));
+      else this.#edges.delete(name);
+    }
+  }
+
+  releases(): Release[] {
+    return [...this.#releases.values()].map((r) => r.value);
+  }
+
+  release(version: string): Release | undefined {
+    return this.#releases.get(version)?.value;
+  }
+
+  aliases(): Map<string, Alias> {
+    return this.#aliases;
+  }
+
+  blockedEdges(): Map<string, BlockedEdge> {
+    return this.#edges;
+  }
+
+  /** Creates the release; returns the existing one instead when the version is taken. */
+  async createRelease(r: Release): Promise<{ created: boolean; release: Release }> {
+    const key = `releases.${r.version}`;
+    try {
+      const revision = await this.#kv.create(key, catalog.Release.encode(r).finish());
+      this.#apply(key, catalog.Release.encode(r).finish(), revision);
+      return { created: true, release: r };
+    } catch (err) {
+      const existing = await this.#kv.get(key);
+      if (existing && existing.operation === "PUT") {
+        this.#apply(key, existing.value, existing.revision);
+        return { created: false, release: catalog.Release.decode(existing.value) };
+      }
+      throw err;
+    }
+  }
+
+  /** Read-modify-write of one release with a revision check, retried on conflict. */
+  async updateRelease(version: string, change: (r: Release) => Release): Promise<Release | undefined> {
+    const key = `releases.${version}`;
+    for (let i = 0; i < MAX_CAS_ATTEMPTS; i++) {
+      const e = await this.#kv.get(key);
+      if (!e || e.operation !== "PUT") return undefined;
+      const next = change(catalog.Release.decode(e.value));
+      const bytes = catalog.Release.encode(next).finish();
+      try {
+        const revision = await this.#kv.update(key, bytes, e.revision);
+        this.#apply(key, bytes, revision);
+        return next;
+      } catch (err) {
+        if (!/wrong last sequence/i.test(String(err))) throw err;
+      }
+    }
+    throw aborted(`release ${version} kept changing under concurrent updates; try again`, "CONFLICT");
+  }
+
+  async putAlias(a: Alias): Promise<void> {
+    const key = `aliases.${a.name}`;
+    const bytes = catalog.Alias.encode(a).finish();
+    const revision = await this.#kv.put(key, bytes);
+    this.#apply(key, bytes, revision);
+  }
+
+  async deleteAlias(name: string): Promise<void> {
+    const key = `aliases.${name}`;
+    await this.#kv.delete(key);
+    this.#apply(key, undefined, 0);
+  }
+
+  async putBlockedEdge(e: BlockedEdge): Promise<void> {
+    const key = `edges.${e.fromVersion}=${e.toVersion}`;
+    const bytes = catalog.BlockedEdge.encode(e).finish();
+    const revision = await this.#kv.put(key, bytes);
+    this.#apply(key, bytes, revision);
+  }
+
+  async deleteBlockedEdge(from: string, to: string): Promise<boolean> {
+    const name = `${from}=${to}`;
+    if (!this.#edges.has(name)) return false;
+    await this.#kv.delete(`edges.${name}`);
+    this.#apply(`edges.${name}`, undefined, 0);
+    return true;
+  }
+}

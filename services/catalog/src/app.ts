@@ -1,0 +1,63 @@
+// Wiring: NATS + KV store, the catalog, the gRPC server with health tied to readiness.
+import { readFileSync } from "node:fs";
+import { catalog } from "@ferry/proto";
+import { GrpcServer } from "@ferry/grpc";
+import { BUCKETS, connectNats, openBucket, type NatsConnection } from "@ferry/messaging";
+import type { App, Logger } from "@ferry/runtime";
+import { loadSigningKey, parseKeyringJson } from "@ferry/signing";
+import { KvCatalogStore } from "./adapters/kv-store.ts";
+import { Catalog } from "./catalog.ts";
+import type { Config } from "./config.ts";
+import { catalogHandlers } from "./grpc/handlers.ts";
+
+export const SERVICE = "ferry.catalog.v1.CatalogService";
+
+export interface CatalogApp extends App {
+  /** The bound gRPC port (after start). */
+  port(): number;
+}
+
+export function createApp(config: Config, logger: Logger): CatalogApp {
+  // Keys are read before anything starts: a bad keyring or site key fails fast.
+  const keyring = parseKeyringJson(readFileSync(config.keyringFile!, "utf8"));
+  const siteKey = config.siteKeyFile ? loadSigningKey(readFileSync(config.siteKeyFile)) : undefined;
+  const server = new GrpcServer({ logger: logger.child({ component: "grpc" }), address: config.grpcAddr, tls: config.security.tls, token: config.security.token });
+  let nc: NatsConnection | undefined;
+  let store: KvCatalogStore | undefined;
+  let connected = false;
+  const setReady = () => server.health.set(connected && store?.ready === true);
+
+  return {
+    port: () => server.port,
+    async start() {
+      nc = await connectNats({
+        url: config.natsUrl,
+        name: "ferry-catalog",
+        onConnectionChange: (up) => {
+          connected = up;
+          logger.info({ connected: up }, up ? "NATS reconnected" : "NATS disconnected");
+          setReady();
+        },
+      });
+      connected = true;
+      const kv = await openBucket(nc, config.bucket, { replicas: config.replicas, history: 5, description: "Ferry catalog: releases, aliases, blocked edges" });
+      store = new KvCatalogStore(kv);
+      await store.start();
+      const cat = new Catalog({ store, keyring, siteKey, imports: { allowedDirs: config.importDirs.split(":").filter(Boolean) } });
+      server.add(catalog.CatalogServiceService, catalogHandlers(cat));
+      const port = await server.start();
+      setReady();
+      logger.info(
+        { port, bucket: config.bucket, releases: store.releases().length, keyringKeys: keyring.keys.size, threshold: keyring.threshold, siteKey: siteKey?.keyId ?? null },
+        "catalog serving",
+      );
+    },
+    async stop(signal) {
+      await server.stop(signal);
+      store?.stop();
+      await nc?.drain();
+    },
+  };
+}
+
+export { BUCKETS };
