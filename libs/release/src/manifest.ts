@@ -61,7 +61,7 @@ export function parseManifest(bytes: Uint8Array): ReleaseManifest {
     }
     for (const k of ["compressedSize", "rawSize"]) {
       const val = img[k];
-      if (!(typeof val === "number" && Number.isSafeInteger(val)) && !(typeof val === "string" && /^\d{1,15}$/.test(val))) {
+      if (!(typeof val === "number" && Number.isSafeInteger(val) && val >= 0) && !(typeof val === "string" && /^\d{1,15}$/.test(val))) {
         throw new ManifestError(`manifest.images[${i}].${k} must be a non-negative integer`);
       }
     }
