@@ -45,6 +45,7 @@ export class ReflectionClient {
     call.write(reflectionV1.ServerReflectionRequest.fromPartial(req));
     call.end();
     const out = await res;
+    call.on("error", () => {}); // the CANCELLED our own cancel() causes
     call.cancel();
     if (out.errorResponse) throw new Error(`reflection: ${out.errorResponse.errorMessage}`);
     return out;
@@ -81,8 +82,19 @@ export class ReflectionClient {
     }));
   }
 
+  /** A registry of every file loaded so far; files are added dependencies first. */
   #registry() {
-    return createFileRegistry(create(FileDescriptorSetSchema, { file: [...this.#files.values()] }));
+    const ordered: FileDescriptorProto[] = [];
+    const seen = new Set<string>();
+    const visit = (name: string) => {
+      const fd = this.#files.get(name);
+      if (!fd || seen.has(name)) return;
+      seen.add(name);
+      fd.dependency.forEach(visit);
+      ordered.push(fd);
+    };
+    [...this.#files.keys()].forEach(visit);
+    return createFileRegistry(create(FileDescriptorSetSchema, { file: ordered }));
   }
 
   /** Calls a unary method with a JSON request and returns the JSON response. */
