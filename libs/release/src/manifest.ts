@@ -119,7 +119,7 @@ function isImageUrl(s: string): boolean {
 }
 
 /** The bytes to sign for a manifest: pretty proto3 JSON, UTF-8, trailing newline. */
-export function encodeManifest(m: ReleaseManifest): Uint8Array {
+export function encodeManifest(m: ReleaseManifest): Buffer {
   validateManifest(m);
   return Buffer.from(`${JSON.stringify(events.ReleaseManifest.toJSON(m), null, 2)}\n`, "utf8");
 }
