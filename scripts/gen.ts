@@ -12,7 +12,6 @@ const out = join(root, "libs", "proto", "gen");
 
 rmSync(out, { recursive: true, force: true });
 mkdirSync(out, { recursive: true });
-const run = (args: string[]) =>
-  execFileSync(bin("buf"), args, { cwd: join(root, "proto"), stdio: "inherit" });
+const run = (args: string[]) => execFileSync(bin("buf"), args, { cwd: join(root, "proto"), stdio: "inherit" });
 run(["generate", "--template", "buf.gen.yaml"]);
 run(["build", "-o", join(out, "descriptors.binpb")]);

@@ -3,7 +3,8 @@
 import { createReadStream, mkdirSync, writeFileSync, existsSync } from "node:fs";
 import { join } from "node:path";
 import { Command, InvalidArgumentError } from "commander";
-import { catalog, events } from "@ferry/proto";
+import type { events } from "@ferry/proto";
+import { catalog } from "@ferry/proto";
 import { createClient, GrpcCallError, loadClientOptions } from "@ferry/grpc";
 import { ConfigError, FerryError } from "@ferry/runtime";
 import { encodeManifest, measureImage, MANIFEST_TYPE, parseManifest } from "@ferry/release";
@@ -15,10 +16,7 @@ const program = new Command("ferry")
   .option("--catalog <addr>", "catalog gRPC address (env FERRY_CATALOG_ADDR)", process.env.FERRY_CATALOG_ADDR ?? "127.0.0.1:7401")
   .option("--json", "print JSON instead of tables")
   .showHelpAfterError()
-  .addHelpText(
-    "after",
-    "\nTLS and auth for gRPC calls come from FERRY_GRPC_CA, FERRY_GRPC_CLIENT_CERT, FERRY_GRPC_CLIENT_KEY and FERRY_GRPC_TOKEN.",
-  );
+  .addHelpText("after", "\nTLS and auth for gRPC calls come from FERRY_GRPC_CA, FERRY_GRPC_CLIENT_CERT, FERRY_GRPC_CLIENT_KEY and FERRY_GRPC_TOKEN.");
 
 const globals = () => program.opts<{ catalog: string; json?: boolean }>();
 const catalogClient = () => createClient(catalog.CatalogServiceService, globals().catalog, loadClientOptions());
@@ -48,7 +46,10 @@ keys
     const k = generateKeyPair();
     writeFileSync(priv, k.privatePem, { mode: 0o600 });
     writeFileSync(join(o.out, `${o.name}.pub`), k.publicPem);
-    print({ keyId: k.keyId, privateKey: priv, publicKey: join(o.out, `${o.name}.pub`) }, () => `key ${k.keyId}\n  private ${priv}\n  public  ${join(o.out, `${o.name}.pub`)}\n`);
+    print(
+      { keyId: k.keyId, privateKey: priv, publicKey: join(o.out, `${o.name}.pub`) },
+      () => `key ${k.keyId}\n  private ${priv}\n  public  ${join(o.out, `${o.name}.pub`)}\n`,
+    );
   });
 keys
   .command("keyring")
@@ -85,20 +86,42 @@ releases
   .option("--expires <time>", "RFC 3339 time after which the release is refused")
   .option("--add-to <manifest>", "add this board's image to an existing manifest file")
   .option("-o, --out <file>", "output file (default stdout)")
-  .action(async (o: { releaseVersion: string; board: string; arch: string; image: string; url: string; allowedFrom: string[]; notes: string; expires?: string; addTo?: string; out?: string }) => {
-    const m = await measureImage(createReadStream(o.image, { highWaterMark: 1 << 20 }));
-    const image: events.BoardImage = { board: o.board, arch: o.arch, url: o.url, ...m };
-    let manifest: events.ReleaseManifest;
-    if (o.addTo) {
-      manifest = parseManifest(Buffer.from(readText(o.addTo, "manifest")));
-      manifest.images = [...manifest.images.filter((i) => i.board !== o.board), image];
-    } else {
-      const expires = o.expires ? new Date(o.expires) : undefined;
-      if (expires && Number.isNaN(expires.getTime())) throw new CliError(`--expires "${o.expires}" is not a time (use RFC 3339, e.g. 2027-06-30T00:00:00Z)`);
-      manifest = { type: MANIFEST_TYPE, version: o.releaseVersion, images: [image], allowedFrom: o.allowedFrom, notes: o.notes, expires, issuedAt: new Date() };
-    }
-    writeOut(o.out, Buffer.from(encodeManifest(manifest)).toString("utf8"));
-  });
+  .action(
+    async (o: {
+      releaseVersion: string;
+      board: string;
+      arch: string;
+      image: string;
+      url: string;
+      allowedFrom: string[];
+      notes: string;
+      expires?: string;
+      addTo?: string;
+      out?: string;
+    }) => {
+      const m = await measureImage(createReadStream(o.image, { highWaterMark: 1 << 20 }));
+      const image: events.BoardImage = { board: o.board, arch: o.arch, url: o.url, ...m };
+      let manifest: events.ReleaseManifest;
+      if (o.addTo) {
+        manifest = parseManifest(Buffer.from(readText(o.addTo, "manifest")));
+        manifest.images = [...manifest.images.filter((i) => i.board !== o.board), image];
+      } else {
+        const expires = o.expires ? new Date(o.expires) : undefined;
+        if (expires && Number.isNaN(expires.getTime()))
+          throw new CliError(`--expires "${o.expires}" is not a time (use RFC 3339, e.g. 2027-06-30T00:00:00Z)`);
+        manifest = {
+          type: MANIFEST_TYPE,
+          version: o.releaseVersion,
+          images: [image],
+          allowedFrom: o.allowedFrom,
+          notes: o.notes,
+          expires,
+          issuedAt: new Date(),
+        };
+      }
+      writeOut(o.out, Buffer.from(encodeManifest(manifest)).toString("utf8"));
+    },
+  );
 releases
   .command("sign")
   .description("sign a manifest (or add signatures to an envelope); writes the signed envelope")
@@ -125,7 +148,10 @@ releases
   .action(async (file: string, o: { key: string[] }) => {
     const envelope = isEnvelopeFile(file) ? readEnvelope(file) : signEnvelope(Buffer.from(readText(file, "manifest")), readKeys(o.key));
     const res = await withCatalog((c) => c.publishRelease({ envelope }));
-    print(catalog.PublishReleaseResponse.toJSON(res), () => `${res.created ? "published" : "already published"} ${res.release!.version} (signed by ${res.release!.signedBy.join(", ")})\n`);
+    print(
+      catalog.PublishReleaseResponse.toJSON(res),
+      () => `${res.created ? "published" : "already published"} ${res.release!.version} (signed by ${res.release!.signedBy.join(", ")})\n`,
+    );
   });
 releases
   .command("ls")
@@ -223,7 +249,8 @@ releases
     );
     print(catalog.ImportCatalogResponse.toJSON(res), () => {
       let out = "";
-      for (const r of res.releases) out += `imported ${r.version} (${humanBytes(r.manifest!.images[0]!.compressedSize)}, re-signed by ${r.signedBy.join(",")})\n`;
+      for (const r of res.releases)
+        out += `imported ${r.version} (${humanBytes(r.manifest!.images[0]!.compressedSize)}, re-signed by ${r.signedBy.join(",")})\n`;
       for (const v of res.unchanged) out += `unchanged ${v}\n`;
       if (res.stable) out += `stable → ${res.stable}\n`;
       return out;
@@ -281,7 +308,7 @@ try {
   const msg =
     err instanceof GrpcCallError || err instanceof CliError || err instanceof FerryError || err instanceof ConfigError
       ? err.message
-      : (err as Error).message ?? String(err);
+      : ((err as Error).message ?? String(err));
   process.stderr.write(`ferry: ${msg.replace(/\n\s*/g, " ")}\n`);
   process.exitCode = err instanceof GrpcCallError && err.code === 14 ? 3 : 1;
 }

@@ -41,7 +41,11 @@ export class GrpcCallError extends Error {
   /** Ferry's stable error code from the trailers, when the server set one. */
   readonly errorCode: string | undefined;
   constructor(method: string, err: ServiceError) {
-    const short = method.split("/").slice(1).join("/").replace(/^.*\.(\w+\/\w+)$/, "$1");
+    const short = method
+      .split("/")
+      .slice(1)
+      .join("/")
+      .replace(/^.*\.(\w+\/\w+)$/, "$1");
     super(`${short}: ${status[err.code] ?? err.code}: ${err.details}`);
     this.name = "GrpcCallError";
     this.code = err.code;

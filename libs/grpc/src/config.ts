@@ -23,7 +23,9 @@ export function loadGrpcSecurity(env: Env = process.env): GrpcSecurity {
   check([
     (c.tlsCert === undefined) !== (c.tlsKey === undefined) && "FERRY_GRPC_TLS_CERT and FERRY_GRPC_TLS_KEY must be set together",
     c.tlsClientCa !== undefined && c.tlsCert === undefined && "FERRY_GRPC_TLS_CLIENT_CA needs FERRY_GRPC_TLS_CERT and FERRY_GRPC_TLS_KEY",
-    c.token !== undefined && c.tlsCert === undefined && !c.insecureToken &&
+    c.token !== undefined &&
+      c.tlsCert === undefined &&
+      !c.insecureToken &&
       "FERRY_GRPC_TOKEN over plaintext would leak it: set FERRY_GRPC_TLS_CERT/KEY, or FERRY_GRPC_ALLOW_TOKEN_WITHOUT_TLS=true on loopback",
   ]);
   const tls =

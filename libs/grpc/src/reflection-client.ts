@@ -69,7 +69,9 @@ export class ReflectionClient {
   }
 
   /** Describes a service the way `grpcurl describe` does: its methods with their types. */
-  async describe(service: string): Promise<Array<{ name: string; input: string; output: string; serverStreaming: boolean; clientStreaming: boolean }>> {
+  async describe(
+    service: string,
+  ): Promise<Array<{ name: string; input: string; output: string; serverStreaming: boolean; clientStreaming: boolean }>> {
     await this.#load({ fileContainingSymbol: service });
     const svc = this.#registry().getService(service);
     if (!svc) throw new Error(`service ${service} not found`);

@@ -10,7 +10,15 @@ import { tempDir, waitFor } from "@ferry/testing";
 import { Client, credentials, Metadata } from "@grpc/grpc-js";
 
 const DEF = distributor.DistributorServiceService;
-const blob = (digest: string, size = 0): distributor.Blob => ({ digest, size, cached: false, sources: [], pinnedBy: [], lastAccess: undefined, bytesCached: 0 });
+const blob = (digest: string, size = 0): distributor.Blob => ({
+  digest,
+  size,
+  cached: false,
+  sources: [],
+  pinnedBy: [],
+  lastAccess: undefined,
+  bytesCached: 0,
+});
 
 /** Records what the handlers saw, so tests can assert on server-side effects. */
 function testService() {
@@ -67,7 +75,16 @@ function testService() {
     pinBlob: async (req) => blob(req.digest),
     unpinBlob: async (req) => blob(req.digest),
     evictBlob: async () => ({ evicted: true }),
-    getStats: async () => ({ hits: 1, misses: 2, bytesServed: 3, upstreamBytes: 4, fillsInProgress: 0, cacheBytes: 0, cacheBudgetBytes: 0, blobs: 0 }),
+    getStats: async () => ({
+      hits: 1,
+      misses: 2,
+      bytesServed: 3,
+      upstreamBytes: 4,
+      fillsInProgress: 0,
+      cacheBytes: 0,
+      cacheBudgetBytes: 0,
+      blobs: 0,
+    }),
   };
   return { impl, seen };
 }
@@ -112,7 +129,11 @@ describe("GrpcServer (plaintext)", () => {
   });
 
   it("maps each error kind to its status and keeps the stable error code", async () => {
-    const e = await expectCode(c.statBlob({ digest: "missing" }), status.NOT_FOUND, /^DistributorService\/StatBlob: NOT_FOUND: blob missing is not cached$/);
+    const e = await expectCode(
+      c.statBlob({ digest: "missing" }),
+      status.NOT_FOUND,
+      /^DistributorService\/StatBlob: NOT_FOUND: blob missing is not cached$/,
+    );
     expect(e.errorCode).toBe("BLOB_NOT_FOUND");
     await expectCode(c.statBlob({ digest: "bad" }), status.INVALID_ARGUMENT);
     await expectCode(c.statBlob({ digest: "dup" }), status.ALREADY_EXISTS);
@@ -154,7 +175,11 @@ describe("GrpcServer (plaintext)", () => {
   });
 
   it("streams client-side", async () => {
-    const res = await c.importBlob([{ header: { digest: "x", size: 6, localPath: "" } }, { chunk: Buffer.from("abc") }, { chunk: Buffer.from("def") }]);
+    const res = await c.importBlob([
+      { header: { digest: "x", size: 6, localPath: "" } },
+      { chunk: Buffer.from("abc") },
+      { chunk: Buffer.from("def") },
+    ]);
     expect(res.size).toBe(6);
   });
 
@@ -201,9 +226,26 @@ describe("GrpcServer (plaintext)", () => {
   it("answers reflection the way grpcurl uses it: list, describe, call with JSON", async () => {
     const r = new ReflectionClient(`127.0.0.1:${s.port}`);
     const services = await r.listServices();
-    expect(services).toEqual(expect.arrayContaining(["ferry.distributor.v1.DistributorService", "grpc.health.v1.Health", "grpc.reflection.v1.ServerReflection", "grpc.reflection.v1alpha.ServerReflection"]));
+    expect(services).toEqual(
+      expect.arrayContaining([
+        "ferry.distributor.v1.DistributorService",
+        "grpc.health.v1.Health",
+        "grpc.reflection.v1.ServerReflection",
+        "grpc.reflection.v1alpha.ServerReflection",
+      ]),
+    );
     const methods = await r.describe("ferry.distributor.v1.DistributorService");
-    expect(methods.map((m) => m.name).sort()).toEqual(["EvictBlob", "GetStats", "ImportBlob", "ListBlobs", "PinBlob", "Prefetch", "RegisterBlob", "StatBlob", "UnpinBlob"]);
+    expect(methods.map((m) => m.name).sort()).toEqual([
+      "EvictBlob",
+      "GetStats",
+      "ImportBlob",
+      "ListBlobs",
+      "PinBlob",
+      "Prefetch",
+      "RegisterBlob",
+      "StatBlob",
+      "UnpinBlob",
+    ]);
     expect(methods.find((m) => m.name === "Prefetch")).toMatchObject({ serverStreaming: true, input: "ferry.distributor.v1.PrefetchRequest" });
     expect(await r.invoke("ferry.distributor.v1.DistributorService", "StatBlob", { digest: "abc" })).toMatchObject({ digest: "abc", size: "42" });
     await expect(r.invoke("ferry.distributor.v1.DistributorService", "StatBlob", { digest: "missing" })).rejects.toThrow(/NOT_FOUND/);
@@ -269,7 +311,13 @@ describe("GrpcServer security", () => {
     const it = c.prefetch({ digest: "slow", size: 100_000, sources: [], pinHolder: "" })[Symbol.asyncIterator]();
     await it.next();
     const stopped = s.server.stop(AbortSignal.timeout(5000));
-    await expectCode((async () => { for (;;) if ((await it.next()).done) break; })(), status.UNAVAILABLE, /shutting down/);
+    await expectCode(
+      (async () => {
+        for (;;) if ((await it.next()).done) break;
+      })(),
+      status.UNAVAILABLE,
+      /shutting down/,
+    );
     await stopped;
     c.close();
   });
@@ -278,12 +326,57 @@ describe("GrpcServer security", () => {
 function makePki(dir: string) {
   const ossl = (...args: string[]) => execFileSync("openssl", args, { cwd: dir, stdio: "pipe" });
   const caPair = (name: string) => {
-    ossl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-keyout", `${name}.key`, "-out", `${name}.crt`, "-days", "1", "-subj", `/CN=${name}`);
+    ossl(
+      "req",
+      "-x509",
+      "-newkey",
+      "ec",
+      "-pkeyopt",
+      "ec_paramgen_curve:P-256",
+      "-nodes",
+      "-keyout",
+      `${name}.key`,
+      "-out",
+      `${name}.crt`,
+      "-days",
+      "1",
+      "-subj",
+      `/CN=${name}`,
+    );
   };
   const leaf = (name: string, ca: string, cn: string, ext: string) => {
-    ossl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-keyout", `${name}.key`, "-out", `${name}.csr`, "-subj", `/CN=${cn}`);
+    ossl(
+      "req",
+      "-newkey",
+      "ec",
+      "-pkeyopt",
+      "ec_paramgen_curve:P-256",
+      "-nodes",
+      "-keyout",
+      `${name}.key`,
+      "-out",
+      `${name}.csr`,
+      "-subj",
+      `/CN=${cn}`,
+    );
     execFileSync("sh", ["-c", `printf '%s\n' '${ext}' > ${name}.ext`], { cwd: dir });
-    ossl("x509", "-req", "-in", `${name}.csr`, "-CA", `${ca}.crt`, "-CAkey", `${ca}.key`, "-CAcreateserial", "-out", `${name}.crt`, "-days", "1", "-extfile", `${name}.ext`);
+    ossl(
+      "x509",
+      "-req",
+      "-in",
+      `${name}.csr`,
+      "-CA",
+      `${ca}.crt`,
+      "-CAkey",
+      `${ca}.key`,
+      "-CAcreateserial",
+      "-out",
+      `${name}.crt`,
+      "-days",
+      "1",
+      "-extfile",
+      `${name}.ext`,
+    );
   };
   caPair("ca");
   caPair("otherca");

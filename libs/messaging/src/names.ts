@@ -39,7 +39,7 @@ export function encodeToken(s: string): string {
 export function decodeToken(token: string): string {
   if (token === "~") return "";
   const bytes: number[] = [];
-  for (let i = 0; i < token.length; ) {
+  for (let i = 0; i < token.length;) {
     if (token[i] === "~") {
       const hex = token.slice(i + 1, i + 3);
       if (!/^[0-9a-f]{2}$/.test(hex)) throw new Error(`bad token escape at ${i} in "${token}"`);

@@ -51,7 +51,8 @@ export function parseManifest(bytes: Uint8Array): ReleaseManifest {
   if (dup) throw new ManifestError(`manifest has the key "${truncate(dup)}" twice`);
   if (!isObject(doc)) throw new ManifestError("manifest must be a JSON object");
   checkKeys(doc, MANIFEST_KEYS, "manifest");
-  if (doc.type !== MANIFEST_TYPE) throw new ManifestError(`manifest type must be "${MANIFEST_TYPE}", got ${JSON.stringify(doc.type ?? null)}`, "MANIFEST_TYPE");
+  if (doc.type !== MANIFEST_TYPE)
+    throw new ManifestError(`manifest type must be "${MANIFEST_TYPE}", got ${JSON.stringify(doc.type ?? null)}`, "MANIFEST_TYPE");
   if (!Array.isArray(doc.images)) throw new ManifestError("manifest.images must be a list");
   doc.images.forEach((img, i) => {
     if (!isObject(img)) throw new ManifestError(`manifest.images[${i}] must be an object`);
@@ -102,7 +103,8 @@ export function validateManifest(m: ReleaseManifest): void {
   });
   if (m.allowedFrom.length > 256) throw new ManifestError("manifest.allowedFrom has more than 256 entries");
   for (const a of m.allowedFrom) {
-    if (!isVersion(a) && !parseMinor(a)) throw new ManifestError(`manifest.allowedFrom entry "${truncate(a)}" must be a version (v1.33.4) or a minor (v1.33)`);
+    if (!isVersion(a) && !parseMinor(a))
+      throw new ManifestError(`manifest.allowedFrom entry "${truncate(a)}" must be a version (v1.33.4) or a minor (v1.33)`);
   }
   if (m.notes.length > 4096) throw new ManifestError("manifest.notes is longer than 4096 characters");
   if (m.expires && Number.isNaN(m.expires.getTime())) throw new ManifestError("manifest.expires is not a valid time");

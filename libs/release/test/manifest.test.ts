@@ -95,7 +95,8 @@ describe("semver", () => {
     expect(sorted).toEqual(["v1.9.0", "v1.34.2", "v1.34.10", "v1.35.0-alpha", "v1.35.0-rc.1", "v1.35.0-rc.2", "v1.35.0"]);
   });
   it("refuses leading zeros, missing v, overlong input", () => {
-    for (const s of ["v01.2.3", "1.2.3", "v1.2", `v1.2.${"9".repeat(80)}`, "v1.2.3-", ""]) expect(() => parseVersion(s)).toThrow(/not a release version/);
+    for (const s of ["v01.2.3", "1.2.3", "v1.2", `v1.2.${"9".repeat(80)}`, "v1.2.3-", ""])
+      expect(() => parseVersion(s)).toThrow(/not a release version/);
   });
   it("finds duplicate keys only within one object", () => {
     expect(findDuplicateKey('{"a":1,"b":{"a":2}}')).toBeUndefined();

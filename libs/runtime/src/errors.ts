@@ -27,20 +27,13 @@ export class FerryError extends Error {
   }
 }
 
-export const invalidArgument = (message: string, code = "INVALID_ARGUMENT") =>
-  new FerryError("invalid_argument", code, message);
-export const notFound = (message: string, code = "NOT_FOUND") =>
-  new FerryError("not_found", code, message);
-export const alreadyExists = (message: string, code = "ALREADY_EXISTS") =>
-  new FerryError("already_exists", code, message);
-export const failedPrecondition = (message: string, code = "FAILED_PRECONDITION") =>
-  new FerryError("failed_precondition", code, message);
-export const permissionDenied = (message: string, code = "PERMISSION_DENIED") =>
-  new FerryError("permission_denied", code, message);
-export const unavailable = (message: string, code = "UNAVAILABLE", cause?: unknown) =>
-  new FerryError("unavailable", code, message, { cause });
-export const aborted = (message: string, code = "ABORTED") =>
-  new FerryError("aborted", code, message);
+export const invalidArgument = (message: string, code = "INVALID_ARGUMENT") => new FerryError("invalid_argument", code, message);
+export const notFound = (message: string, code = "NOT_FOUND") => new FerryError("not_found", code, message);
+export const alreadyExists = (message: string, code = "ALREADY_EXISTS") => new FerryError("already_exists", code, message);
+export const failedPrecondition = (message: string, code = "FAILED_PRECONDITION") => new FerryError("failed_precondition", code, message);
+export const permissionDenied = (message: string, code = "PERMISSION_DENIED") => new FerryError("permission_denied", code, message);
+export const unavailable = (message: string, code = "UNAVAILABLE", cause?: unknown) => new FerryError("unavailable", code, message, { cause });
+export const aborted = (message: string, code = "ABORTED") => new FerryError("aborted", code, message);
 
 /** A configuration problem; the message names every bad variable and how to fix it. */
 export class ConfigError extends Error {

@@ -1,7 +1,7 @@
 // The one ed25519 envelope library: keys, keyrings with a threshold, sign and verify.
 // Signatures cover the exact manifest bytes; nothing is re-serialised before verifying.
 import { createHash, createPrivateKey, createPublicKey, generateKeyPairSync, sign as edSign, verify as edVerify, type KeyObject } from "node:crypto";
-import { events } from "@ferry/proto";
+import type { events } from "@ferry/proto";
 import { FerryError } from "@ferry/runtime";
 
 export type SignedEnvelope = events.SignedEnvelope;
@@ -9,7 +9,11 @@ export type SignedEnvelope = events.SignedEnvelope;
 /** Why an envelope was refused; `code` is stable for callers and events. */
 export class SignatureError extends FerryError {
   constructor(code: "UNSIGNED" | "SIGNATURE_MALFORMED" | "THRESHOLD_NOT_MET" | "KEY_INVALID" | "KEYRING_INVALID", message: string) {
-    super(code === "SIGNATURE_MALFORMED" || code === "KEY_INVALID" || code === "KEYRING_INVALID" ? "invalid_argument" : "permission_denied", code, message);
+    super(
+      code === "SIGNATURE_MALFORMED" || code === "KEY_INVALID" || code === "KEYRING_INVALID" ? "invalid_argument" : "permission_denied",
+      code,
+      message,
+    );
     this.name = "SignatureError";
   }
 }
@@ -43,7 +47,8 @@ export function loadSigningKey(pem: string | Buffer): SigningKey {
   } catch (err) {
     throw new SignatureError("KEY_INVALID", `cannot read private key: ${(err as Error).message}`);
   }
-  if (privateKey.asymmetricKeyType !== "ed25519") throw new SignatureError("KEY_INVALID", `private key is ${privateKey.asymmetricKeyType}, not ed25519`);
+  if (privateKey.asymmetricKeyType !== "ed25519")
+    throw new SignatureError("KEY_INVALID", `private key is ${privateKey.asymmetricKeyType}, not ed25519`);
   return { keyId: keyIdOf(createPublicKey(privateKey)), privateKey };
 }
 
@@ -74,8 +79,10 @@ export function createKeyring(publicPems: Array<string | Buffer>, threshold: num
     const { keyId, publicKey } = loadPublicKey(pem);
     keys.set(keyId, publicKey);
   }
-  if (!Number.isInteger(threshold) || threshold < 1) throw new SignatureError("KEYRING_INVALID", `threshold must be an integer ≥ 1, got ${threshold}`);
-  if (threshold > keys.size) throw new SignatureError("KEYRING_INVALID", `threshold ${threshold} exceeds the ${keys.size} distinct key(s) in the keyring`);
+  if (!Number.isInteger(threshold) || threshold < 1)
+    throw new SignatureError("KEYRING_INVALID", `threshold must be an integer ≥ 1, got ${threshold}`);
+  if (threshold > keys.size)
+    throw new SignatureError("KEYRING_INVALID", `threshold ${threshold} exceeds the ${keys.size} distinct key(s) in the keyring`);
   return { threshold, keys };
 }
 
@@ -109,7 +116,10 @@ export function signEnvelope(manifest: Uint8Array, keys: SigningKey[]): SignedEn
 /** Adds signatures to an envelope (another signer of a k-of-n keyring). */
 export function addSignatures(env: SignedEnvelope, keys: SigningKey[]): SignedEnvelope {
   const have = new Set(env.signatures.map((s) => s.keyId));
-  return { manifest: env.manifest, signatures: [...env.signatures, ...keys.filter((k) => !have.has(k.keyId)).map((k) => signBytes(env.manifest, k))] };
+  return {
+    manifest: env.manifest,
+    signatures: [...env.signatures, ...keys.filter((k) => !have.has(k.keyId)).map((k) => signBytes(env.manifest, k))],
+  };
 }
 
 /**

@@ -1,5 +1,6 @@
 import { describe, expect, it } from "vitest";
 import { generateKeyPairSync } from "node:crypto";
+import type { SignatureError } from "@ferry/signing";
 import {
   addSignatures,
   createKeyring,
@@ -9,7 +10,6 @@ import {
   formatKeyringJson,
   signEnvelope,
   verifyEnvelope,
-  SignatureError,
 } from "@ferry/signing";
 
 const k1 = generateKeyPair();
@@ -79,7 +79,9 @@ describe("verifyEnvelope", () => {
     expect(code(() => verifyEnvelope({ manifest: Buffer.alloc(0), signatures: [] }, ring1))).toBe("SIGNATURE_MALFORMED");
     expect(code(() => verifyEnvelope(undefined, ring1))).toBe("SIGNATURE_MALFORMED");
     expect(() => verifyEnvelope({ manifest: bytes, signatures: [{ keyId: k1.keyId, sig: Buffer.alloc(0) }] }, ring1)).toThrow(/0 bytes, not 64/);
-    expect(() => verifyEnvelope({ manifest: bytes, signatures: [{ keyId: "", sig: Buffer.alloc(64) }] }, ring1)).toThrow(/<empty> is not in the keyring/);
+    expect(() => verifyEnvelope({ manifest: bytes, signatures: [{ keyId: "", sig: Buffer.alloc(64) }] }, ring1)).toThrow(
+      /<empty> is not in the keyring/,
+    );
   });
 
   it("keyrings: threshold bounds, duplicate keys collapse, non-ed25519 keys refused", () => {

@@ -21,7 +21,12 @@ export function createApp(config: Config, logger: Logger): CatalogApp {
   // Keys are read before anything starts: a bad keyring or site key fails fast.
   const keyring = parseKeyringJson(readFileSync(config.keyringFile!, "utf8"));
   const siteKey = config.siteKeyFile ? loadSigningKey(readFileSync(config.siteKeyFile)) : undefined;
-  const server = new GrpcServer({ logger: logger.child({ component: "grpc" }), address: config.grpcAddr, tls: config.security.tls, token: config.security.token });
+  const server = new GrpcServer({
+    logger: logger.child({ component: "grpc" }),
+    address: config.grpcAddr,
+    tls: config.security.tls,
+    token: config.security.token,
+  });
   let nc: NatsConnection | undefined;
   let store: KvCatalogStore | undefined;
   let connected = false;
@@ -40,7 +45,11 @@ export function createApp(config: Config, logger: Logger): CatalogApp {
         },
       });
       connected = true;
-      const kv = await openBucket(nc, config.bucket, { replicas: config.replicas, history: 5, description: "Ferry catalog: releases, aliases, blocked edges" });
+      const kv = await openBucket(nc, config.bucket, {
+        replicas: config.replicas,
+        history: 5,
+        description: "Ferry catalog: releases, aliases, blocked edges",
+      });
       store = new KvCatalogStore(kv);
       await store.start();
       const cat = new Catalog({ store, keyring, siteKey, imports: { allowedDirs: config.importDirs.split(":").filter(Boolean) } });
@@ -48,7 +57,14 @@ export function createApp(config: Config, logger: Logger): CatalogApp {
       const port = await server.start();
       setReady();
       logger.info(
-        { port, bucket: config.bucket, releases: store.releases().length, keyringKeys: keyring.keys.size, threshold: keyring.threshold, siteKey: siteKey?.keyId ?? null },
+        {
+          port,
+          bucket: config.bucket,
+          releases: store.releases().length,
+          keyringKeys: keyring.keys.size,
+          threshold: keyring.threshold,
+          siteKey: siteKey?.keyId ?? null,
+        },
         "catalog serving",
       );
     },

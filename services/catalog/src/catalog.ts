@@ -1,6 +1,7 @@
 // The catalog's operations, independent of gRPC: publish and import releases, block and
 // alias them, and answer graph questions from the current state.
-import { catalog, events } from "@ferry/proto";
+import type { catalog } from "@ferry/proto";
+import { events } from "@ferry/proto";
 import { alreadyExists, failedPrecondition, invalidArgument, notFound } from "@ferry/runtime";
 import { encodeManifest, isVersion, measureImage, MANIFEST_TYPE, parseVersion, compareVersions, truncate, verifyRelease } from "@ferry/release";
 import { signEnvelope, type Keyring, type SigningKey } from "@ferry/signing";
@@ -53,7 +54,10 @@ export class Catalog {
     };
     const res = await this.#store.createRelease(release);
     if (!res.created && !Buffer.from(res.release.envelope!.manifest).equals(Buffer.from(envelope!.manifest))) {
-      throw alreadyExists(`release ${manifest.version} is already published with a different manifest; publish a newer version instead`, "RELEASE_EXISTS");
+      throw alreadyExists(
+        `release ${manifest.version} is already published with a different manifest; publish a newer version instead`,
+        "RELEASE_EXISTS",
+      );
     }
     return res;
   }
@@ -65,7 +69,8 @@ export class Catalog {
         "TRUST_REQUIRED",
       );
     }
-    if (!this.#siteKey) throw failedPrecondition("the catalog has no site key (FERRY_SITE_KEY_FILE), so it cannot re-sign an imported catalog", "NO_SITE_KEY");
+    if (!this.#siteKey)
+      throw failedPrecondition("the catalog has no site key (FERRY_SITE_KEY_FILE), so it cannot re-sign an imported catalog", "NO_SITE_KEY");
     if (!BOARD_RE.test(req.board)) throw invalidArgument(`board "${truncate(req.board)}" must be 1-63 of [a-z0-9._-]`, "BOARD_INVALID");
     if (!BOARD_RE.test(req.arch)) throw invalidArgument(`arch "${truncate(req.arch)}" must be 1-63 of [a-z0-9._-]`, "ARCH_INVALID");
     const parsed = parseMonok8sCatalog(req.catalogYaml);
@@ -107,7 +112,10 @@ export class Catalog {
           unchanged.push(manifest.version);
           continue;
         }
-        throw alreadyExists(`release ${manifest.version} is already in the catalog with different images; nothing after it was imported`, "RELEASE_EXISTS");
+        throw alreadyExists(
+          `release ${manifest.version} is already in the catalog with different images; nothing after it was imported`,
+          "RELEASE_EXISTS",
+        );
       }
     }
     for (const manifest of manifests) {
@@ -208,7 +216,9 @@ export class Catalog {
     const view = this.view();
     const rel = view.releases.filter((r) => !board || r.boards.includes(board));
     return {
-      nodes: rel.sort((a, b) => compareVersions(b.version, a.version)).map((r) => ({ version: r.version, blocked: r.blocked, blockReason: r.blockReason })),
+      nodes: rel
+        .sort((a, b) => compareVersions(b.version, a.version))
+        .map((r) => ({ version: r.version, blocked: r.blocked, blockReason: r.blockReason })),
       edges: graphEdges(view, board || undefined).map((e) => ({ fromVersion: e.from, toVersion: e.to })),
       blockedEdges: [...this.#store.blockedEdges().values()],
       aliases: this.aliases(board),

@@ -142,10 +142,14 @@ describe("catalog service", () => {
     tampered.manifest = Buffer.from(Buffer.from(tampered.manifest).toString().replace("v1.36.0", "v1.36.1"));
     expect(await code(client.publishRelease({ envelope: tampered }))).toBe("PERMISSION_DENIED:THRESHOLD_NOT_MET");
     expect(await code(publish(manifestFor("v1.36.0", img, { expires: new Date(Date.now() - 1000) })))).toBe("FAILED_PRECONDITION:RELEASE_EXPIRED");
-    expect(await code(client.publishRelease({ envelope: signEnvelope(Buffer.from("{not json"), [signer]) }))).toBe("INVALID_ARGUMENT:MANIFEST_INVALID");
+    expect(await code(client.publishRelease({ envelope: signEnvelope(Buffer.from("{not json"), [signer]) }))).toBe(
+      "INVALID_ARGUMENT:MANIFEST_INVALID",
+    );
     expect(await code(client.publishRelease({ envelope: undefined }))).toBe("INVALID_ARGUMENT:SIGNATURE_MALFORMED");
     const badVersion = { ...(events.ReleaseManifest.toJSON(manifestFor("v1.36.0", img)) as object), version: "latest" };
-    expect(await code(client.publishRelease({ envelope: signEnvelope(Buffer.from(JSON.stringify(badVersion)), [signer]) }))).toBe("INVALID_ARGUMENT:MANIFEST_INVALID");
+    expect(await code(client.publishRelease({ envelope: signEnvelope(Buffer.from(JSON.stringify(badVersion)), [signer]) }))).toBe(
+      "INVALID_ARGUMENT:MANIFEST_INVALID",
+    );
     expect(await versions()).toEqual(before);
   });
 
@@ -226,7 +230,9 @@ images:
       expect(await code(client.importCatalog(req({ catalogYaml: "images: [" })))).toBe("INVALID_ARGUMENT:CATALOG_INVALID");
       expect(await code(client.importCatalog(req({ catalogYaml: "a: &a [*a, *a]\nb: *a" })))).toBe("INVALID_ARGUMENT:CATALOG_INVALID");
       expect(await code(client.importCatalog(req({ catalogYaml: "images:\n  - version: 1.2\n" })))).toBe("INVALID_ARGUMENT:CATALOG_INVALID");
-      expect(await code(client.importCatalog(req({ catalogYaml: "stable: v1.0.0\nstable: v1.0.1\nimages: []" })))).toBe("INVALID_ARGUMENT:CATALOG_INVALID");
+      expect(await code(client.importCatalog(req({ catalogYaml: "stable: v1.0.0\nstable: v1.0.1\nimages: []" })))).toBe(
+        "INVALID_ARGUMENT:CATALOG_INVALID",
+      );
       expect(await code(client.importCatalog(req({ catalogYaml: yaml().replace(sha(b.raw), sha(a.raw)), imageDir: imagesDir })))).toBe(
         "INVALID_ARGUMENT:CHECKSUM_MISMATCH",
       );
@@ -260,9 +266,13 @@ images:
         req({ catalogYaml: `images:\n  - version: v1.29.0\n    url: ${originUrl}/monok8s-v1.29.0.img.zst\n    checksum: sha256:${sha(c.raw)}\n` }),
       );
       expect(res.releases[0]!.manifest!.images[0]!.compressedSha256).toBe(sha(c.zst));
-      expect(await code(client.importCatalog(req({ catalogYaml: `images:\n  - version: v1.28.0\n    url: ${originUrl}/missing.img.zst\n    checksum: sha256:${sha(c.raw)}\n` })))).toBe(
-        "FAILED_PRECONDITION:IMAGE_FETCH_FAILED",
-      );
+      expect(
+        await code(
+          client.importCatalog(
+            req({ catalogYaml: `images:\n  - version: v1.28.0\n    url: ${originUrl}/missing.img.zst\n    checksum: sha256:${sha(c.raw)}\n` }),
+          ),
+        ),
+      ).toBe("FAILED_PRECONDITION:IMAGE_FETCH_FAILED");
     });
   });
 
@@ -284,7 +294,10 @@ images:
       [client.findPath({ fromVersion: "v1.32.9", target: "", board: BOARD }), /^INVALID_ARGUMENT/],
       [client.resolveTarget({ target: "%2e%2e/x", board: "" }), /^INVALID_ARGUMENT/],
       [client.listReleases({ board: "BOARD WITH SPACES" }), /^INVALID_ARGUMENT/],
-      [client.importCatalog({ catalogYaml: "x".repeat(2 * 1024 * 1024), board: BOARD, arch: "arm64", trustAndResign: true, imageDir: "" }), /^INVALID_ARGUMENT|RESOURCE_EXHAUSTED/],
+      [
+        client.importCatalog({ catalogYaml: "x".repeat(2 * 1024 * 1024), board: BOARD, arch: "arm64", trustAndResign: true, imageDir: "" }),
+        /^INVALID_ARGUMENT|RESOURCE_EXHAUSTED/,
+      ],
     ];
     for (const [p, want] of cases) expect(await code(p)).toMatch(want);
     expect(await client.listReleases({ board: "" })).toEqual(before);
@@ -295,7 +308,20 @@ images:
     expect(await r.listServices()).toContain("ferry.catalog.v1.CatalogService");
     const methods = (await r.describe("ferry.catalog.v1.CatalogService")).map((m) => m.name).sort();
     expect(methods).toEqual(
-      ["BlockEdge", "BlockRelease", "FindPath", "GetRelease", "GetUpgradeGraph", "ImportCatalog", "ListReleases", "PublishRelease", "ResolveTarget", "SetAlias", "UnblockEdge", "UnblockRelease"].sort(),
+      [
+        "BlockEdge",
+        "BlockRelease",
+        "FindPath",
+        "GetRelease",
+        "GetUpgradeGraph",
+        "ImportCatalog",
+        "ListReleases",
+        "PublishRelease",
+        "ResolveTarget",
+        "SetAlias",
+        "UnblockEdge",
+        "UnblockRelease",
+      ].sort(),
     );
     const res = (await r.invoke("ferry.catalog.v1.CatalogService", "FindPath", { fromVersion: "v1.33.5", target: "v1.35", board: BOARD })) as {
       hops: Array<{ toVersion: string }>;
@@ -316,9 +342,14 @@ images:
     const h = createClient(health.HealthService, addr);
     const svc = "ferry.catalog.v1.CatalogService";
     await nats.stop();
-    await waitFor(async () => (await h.check({ service: svc })).status === health.HealthCheckResponse_ServingStatus.NOT_SERVING, { what: "NOT_SERVING" });
+    await waitFor(async () => (await h.check({ service: svc })).status === health.HealthCheckResponse_ServingStatus.NOT_SERVING, {
+      what: "NOT_SERVING",
+    });
     await nats.restart();
-    await waitFor(async () => (await h.check({ service: svc })).status === health.HealthCheckResponse_ServingStatus.SERVING, { timeoutMs: 20_000, what: "SERVING" });
+    await waitFor(async () => (await h.check({ service: svc })).status === health.HealthCheckResponse_ServingStatus.SERVING, {
+      timeoutMs: 20_000,
+      what: "SERVING",
+    });
     expect((await client.getRelease({ version: "v1.35.2" })).version).toBe("v1.35.2");
     h.close();
   });

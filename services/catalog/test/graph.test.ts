@@ -33,7 +33,13 @@ const base = [
 
 describe("findPath", () => {
   const cases: Array<{ name: string; v: CatalogView; from: string; to: string; board?: string; want?: string[]; err?: RegExp }> = [
-    { name: "multi-hop takes the newest patch of each minor", v: view(base), from: "v1.32.9", to: "v1.35.2", want: ["v1.33.5", "v1.34.6", "v1.35.2"] },
+    {
+      name: "multi-hop takes the newest patch of each minor",
+      v: view(base),
+      from: "v1.32.9",
+      to: "v1.35.2",
+      want: ["v1.33.5", "v1.34.6", "v1.35.2"],
+    },
     { name: "a start version not in the catalog", v: view(base), from: "v1.32.3", to: "v1.34.6", want: ["v1.33.5", "v1.34.6"] },
     { name: "patch upgrade is one hop", v: view(base), from: "v1.34.1", to: "v1.34.6", want: ["v1.34.6"] },
     { name: "next minor is one hop", v: view(base), from: "v1.34.1", to: "v1.35.0", want: ["v1.35.0"] },
@@ -66,7 +72,13 @@ describe("findPath", () => {
       to: "v1.34.6",
       want: ["v1.34.2", "v1.34.6"],
     },
-    { name: "pre-release is never an intermediate hop but can be the target", v: view(base), from: "v1.35.0", to: "v1.36.0-rc.1", want: ["v1.36.0-rc.1"] },
+    {
+      name: "pre-release is never an intermediate hop but can be the target",
+      v: view(base),
+      from: "v1.35.0",
+      to: "v1.36.0-rc.1",
+      want: ["v1.36.0-rc.1"],
+    },
     { name: "downgrade refused", v: view(base), from: "v1.35.0", to: "v1.34.6", err: /downgrade refused/ },
     {
       name: "no path: a missing minor",
@@ -141,7 +153,12 @@ describe("resolveTarget", () => {
 
 describe("graphEdges", () => {
   it("has exactly the edges the rules allow", () => {
-    const edges = graphEdges(view([rel("v1.33.1"), rel("v1.34.0"), rel("v1.34.1", { blocked: true }), rel("v1.35.0")], { blockedEdges: [["v1.33.1", "v1.34.0"]] }));
-    expect(edges).toEqual([{ from: "v1.34.1", to: "v1.35.0" }, { from: "v1.34.0", to: "v1.35.0" }]);
+    const edges = graphEdges(
+      view([rel("v1.33.1"), rel("v1.34.0"), rel("v1.34.1", { blocked: true }), rel("v1.35.0")], { blockedEdges: [["v1.33.1", "v1.34.0"]] }),
+    );
+    expect(edges).toEqual([
+      { from: "v1.34.1", to: "v1.35.0" },
+      { from: "v1.34.0", to: "v1.35.0" },
+    ]);
   });
 });

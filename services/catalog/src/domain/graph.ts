@@ -92,7 +92,11 @@ export function resolveTarget(view: CatalogView, target: string, board?: string)
   }
   const n = all.find((x) => x.r.version === aliased);
   if (!n) throw failedPrecondition(`alias ${target} points at ${aliased}, which is not in the catalog`, "ALIAS_DANGLING");
-  if (n.r.blocked) throw failedPrecondition(`alias ${target} points at ${aliased}, which is blocked${n.r.blockReason ? `: ${n.r.blockReason}` : ""}`, "RELEASE_BLOCKED");
+  if (n.r.blocked)
+    throw failedPrecondition(
+      `alias ${target} points at ${aliased}, which is blocked${n.r.blockReason ? `: ${n.r.blockReason}` : ""}`,
+      "RELEASE_BLOCKED",
+    );
   if (!forBoard(n, board)) throw failedPrecondition(`alias ${target} points at ${aliased}, which has no image for board ${board}`, "WRONG_BOARD");
   return { version: aliased, kind: "alias" };
 }
@@ -118,7 +122,11 @@ export function findPath(view: CatalogView, from: string, to: string, board?: st
   if (!target) throw notFound(`release ${to} is not in the catalog`, "RELEASE_NOT_FOUND");
   const cmp = compareVersions(target.v, start);
   if (cmp === 0) return [];
-  if (cmp < 0) throw failedPrecondition(`downgrade refused: ${to} is older than ${from} (content that must go back is republished under a newer version)`, "DOWNGRADE");
+  if (cmp < 0)
+    throw failedPrecondition(
+      `downgrade refused: ${to} is older than ${from} (content that must go back is republished under a newer version)`,
+      "DOWNGRADE",
+    );
   // Intermediate hops: usable releases strictly between start and target.
   const mids = all.filter((n) => usable(n, board) && compareVersions(n.v, start) > 0 && compareVersions(n.v, target.v) < 0);
   const candidates = [...mids, target];
@@ -170,7 +178,8 @@ function explainNoPath(view: CatalogView, start: Version, target: Node, mids: No
   }
   const furthest = reach.sort((a, b) => compareVersions(b, a))[0]!;
   const nextMinor = `v${furthest.major}.${furthest.minor + 1}`;
-  if (target.v.minor <= furthest.minor + 1) return `${head}: the furthest reachable release is ${furthest.raw}, and ${edgeRejection(furthest, target, view, board) ?? "no edge leads on"}`;
+  if (target.v.minor <= furthest.minor + 1)
+    return `${head}: the furthest reachable release is ${furthest.raw}, and ${edgeRejection(furthest, target, view, board) ?? "no edge leads on"}`;
   const inNext = mids.filter((n) => n.v.major === furthest.major && n.v.minor === furthest.minor + 1);
   if (inNext.length === 0) {
     return `${head}: the furthest reachable release is ${furthest.raw}, and there is no unblocked ${nextMinor} release${board ? ` for board ${board}` : ""} to step through (kubeadm upgrades one minor at a time)`;

@@ -20,7 +20,8 @@ const MAX_IMAGES = 1000;
 
 export function parseMonok8sCatalog(text: string): Monok8sCatalog {
   if (text.trim() === "") throw invalidArgument("catalog_yaml is empty", "CATALOG_INVALID");
-  if (Buffer.byteLength(text) > MAX_CATALOG_YAML_BYTES) throw invalidArgument(`catalog_yaml is larger than ${MAX_CATALOG_YAML_BYTES} bytes`, "CATALOG_INVALID");
+  if (Buffer.byteLength(text) > MAX_CATALOG_YAML_BYTES)
+    throw invalidArgument(`catalog_yaml is larger than ${MAX_CATALOG_YAML_BYTES} bytes`, "CATALOG_INVALID");
   let doc: unknown;
   try {
     // No custom tags, no duplicate keys, aliases capped: YAML bombs are refused.
@@ -40,7 +41,8 @@ export function parseMonok8sCatalog(text: string): Monok8sCatalog {
   const images = d.images.map((raw, i): Monok8sImage => {
     if (typeof raw !== "object" || raw === null) throw bad(`images[${i}] must be a mapping`);
     const img = raw as Record<string, unknown>;
-    if (typeof img.version !== "string" || !isVersion(img.version)) throw bad(`images[${i}].version must be a version like v1.34.6, got ${truncate(JSON.stringify(img.version ?? null))}`);
+    if (typeof img.version !== "string" || !isVersion(img.version))
+      throw bad(`images[${i}].version must be a version like v1.34.6, got ${truncate(JSON.stringify(img.version ?? null))}`);
     if (seen.has(img.version)) throw bad(`images[${i}].version ${img.version} appears twice`);
     seen.add(img.version);
     if (typeof img.url !== "string" || !/^https?:\/\//.test(img.url) || img.url.length > 2048) throw bad(`images[${i}].url must be an http(s) URL`);

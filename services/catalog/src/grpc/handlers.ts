@@ -3,7 +3,11 @@ import { catalog } from "@ferry/proto";
 import type { Implementation } from "@ferry/grpc";
 import type { Catalog } from "../catalog.ts";
 
-const KIND = { exact: catalog.TargetKind.TARGET_KIND_EXACT, minor: catalog.TargetKind.TARGET_KIND_MINOR, alias: catalog.TargetKind.TARGET_KIND_ALIAS };
+const KIND = {
+  exact: catalog.TargetKind.TARGET_KIND_EXACT,
+  minor: catalog.TargetKind.TARGET_KIND_MINOR,
+  alias: catalog.TargetKind.TARGET_KIND_ALIAS,
+};
 
 export function catalogHandlers(c: Catalog): Implementation<typeof catalog.CatalogServiceService> {
   return {
