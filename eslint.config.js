@@ -24,4 +24,6 @@ export default tseslint.config(
       eqeqeq: ["error", "smart"],
     },
   },
+  // Scripts and benchmarks talk to a terminal.
+  { files: ["scripts/**", "bench/**"], rules: { "no-console": "off" } },
 );

@@ -8,7 +8,10 @@ import { fileURLToPath } from "node:url";
 const root = join(dirname(fileURLToPath(import.meta.url)), "..");
 const ref = process.argv[2] ?? "main";
 try {
-  execFileSync(join(root, "node_modules", ".bin", "buf"), ["breaking", "proto", "--against", `.git#ref=${ref},subdir=proto`], { cwd: root, stdio: "inherit" });
+  execFileSync(join(root, "node_modules", ".bin", "buf"), ["breaking", "proto", "--against", `.git#ref=${ref},subdir=proto`], {
+    cwd: root,
+    stdio: "inherit",
+  });
   console.log(`proto contracts are compatible with ${ref}`);
 } catch {
   process.exitCode = 1;
