@@ -1,4 +1,4 @@
-// The release engineer's day one with the real CLI against a real catalog and NATS:
+// End to end, the release engineer's day one: the real ferry CLI against a real catalog and NATS:
 // keys, keyring, manifest from an image, sign, co-sign, publish, list, path, errors.
 import { execFile } from "node:child_process";
 import { randomBytes } from "node:crypto";
