@@ -1,7 +1,6 @@
-// Lint: typescript-eslint with type information (floating promises, misused promises),
-// import cycles. Generated code (gen/) is excluded.
+// Lint: typescript-eslint with type information (floating promises, misused promises).
+// Import cycles are checked by dpdm (npm run lint:cycles). Generated code (gen/) is excluded.
 import tseslint from "typescript-eslint";
-import importX from "eslint-plugin-import-x";
 
 export default tseslint.config(
   { ignores: ["**/gen/**", "node_modules/**", "coverage/**", ".ferry/**"] },
@@ -11,7 +10,6 @@ export default tseslint.config(
     languageOptions: {
       parserOptions: { projectService: true, tsconfigRootDir: import.meta.dirname },
     },
-    plugins: { "import-x": importX },
     rules: {
       "@typescript-eslint/no-floating-promises": "error",
       "@typescript-eslint/no-misused-promises": ["error", { checksVoidReturn: { arguments: false } }],
@@ -19,7 +17,6 @@ export default tseslint.config(
       "@typescript-eslint/no-unused-vars": ["error", { argsIgnorePattern: "^_", varsIgnorePattern: "^_" }],
       "@typescript-eslint/consistent-type-imports": "error",
       "@typescript-eslint/no-explicit-any": "error",
-      "import-x/no-cycle": "error",
       "no-console": "error",
       eqeqeq: ["error", "smart"],
     },
