@@ -2,7 +2,9 @@
 // Only `runMain` touches process signals: the first SIGINT/SIGTERM drains within the
 // grace period; a second signal, or the grace period running out, forces exit.
 import { EventEmitter } from "node:events";
-import type { Logger } from "./logger.ts";
+import type { LevelWithSilent } from "pino";
+import { ConfigError } from "./errors.ts";
+import { createLogger, type Logger } from "./logger.ts";
 
 export type LifecycleState = "starting" | "running" | "draining" | "stopped" | "failed";
 
@@ -85,4 +87,28 @@ export async function runMain(app: App, opts: RunOptions): Promise<Lifecycle> {
   process.on("SIGINT", onSignal);
   process.on("SIGTERM", onSignal);
   return life;
+}
+
+/**
+ * The whole `main` of a service: reads its config once, creates the app with the root
+ * logger and runs it. Config errors exit 2 with one line naming every bad variable.
+ */
+export async function serviceMain<C extends { logLevel: LevelWithSilent }>(
+  name: string,
+  loadConfig: () => C,
+  createApp: (config: C, logger: Logger) => App,
+): Promise<void> {
+  const bootLogger = createLogger(name);
+  try {
+    const config = loadConfig();
+    const logger = createLogger(name, config.logLevel);
+    await runMain(createApp(config, logger), { logger });
+  } catch (err) {
+    if (err instanceof ConfigError) {
+      bootLogger.fatal({ problems: err.problems }, err.message);
+      process.exit(2);
+    }
+    bootLogger.fatal({ err }, `${name} failed to start`);
+    process.exit(1);
+  }
 }

@@ -1,0 +1,232 @@
+// The distributor's own disk: content-addressed blobs, partial fills, and an index of
+// registrations (digest → size and source URLs), pins (with holders) and access times.
+//   <dir>/blobs/<hex>     committed, digest-verified blobs (never modified)
+//   <dir>/partial/<hex>   a fill in progress (never served once the fill is abandoned)
+//   <dir>/tmp/            imports being written
+//   <dir>/index.json      registrations, pins, last access (atomic write: tmp + fsync + rename)
+import { randomBytes } from "node:crypto";
+import { mkdirSync, readdirSync, readFileSync, rmSync, statSync } from "node:fs";
+import { open, rename, rm, stat, unlink } from "node:fs/promises";
+import { join } from "node:path";
+import { DiskFullError } from "../errors.ts";
+
+export interface BlobEntry {
+  digest: string;
+  /** Expected size when known (registration or a completed fill). */
+  size: number | undefined;
+  sources: string[];
+  pins: string[];
+  lastAccess: number;
+  cached: boolean;
+  committedAt: number | undefined;
+}
+
+interface IndexFile {
+  version: 1;
+  blobs: Record<string, { size?: number; sources?: string[]; pins?: string[]; lastAccess?: number }>;
+}
+
+export class BlobStore {
+  readonly dir: string;
+  readonly budgetBytes: number;
+  readonly #entries = new Map<string, BlobEntry>();
+  #saving: Promise<void> = Promise.resolve();
+  #dirty = false;
+  #touchTimer: NodeJS.Timeout | undefined;
+
+  constructor(dir: string, budgetBytes: number) {
+    this.dir = dir;
+    this.budgetBytes = budgetBytes;
+  }
+
+  blobPath(d: string): string {
+    return join(this.dir, "blobs", d);
+  }
+  partialPath(d: string): string {
+    return join(this.dir, "partial", d);
+  }
+  tmpPath(d: string): string {
+    return join(this.dir, "tmp", `${d}.${randomBytes(4).toString("hex")}`);
+  }
+
+  /** Loads the index and reconciles it with what is on disk. */
+  open(): void {
+    for (const sub of ["blobs", "partial", "tmp"]) mkdirSync(join(this.dir, sub), { recursive: true });
+    rmSync(join(this.dir, "tmp"), { recursive: true, force: true });
+    mkdirSync(join(this.dir, "tmp"));
+    let index: IndexFile = { version: 1, blobs: {} };
+    try {
+      index = JSON.parse(readFileSync(join(this.dir, "index.json"), "utf8")) as IndexFile;
+    } catch {
+      // No index yet (or unreadable): start from what the blobs folder holds.
+    }
+    for (const [digest, e] of Object.entries(index.blobs ?? {})) {
+      if (!/^[0-9a-f]{64}$/.test(digest)) continue;
+      this.#entries.set(digest, {
+        digest,
+        size: e.size,
+        sources: e.sources ?? [],
+        pins: e.pins ?? [],
+        lastAccess: e.lastAccess ?? 0,
+        cached: false,
+        committedAt: undefined,
+      });
+    }
+    for (const name of readdirSync(join(this.dir, "blobs"))) {
+      if (!/^[0-9a-f]{64}$/.test(name)) continue;
+      const st = statSync(join(this.dir, "blobs", name));
+      const e = this.entry(name);
+      e.cached = true;
+      e.size = st.size;
+      e.committedAt = st.mtimeMs;
+      if (!e.lastAccess) e.lastAccess = st.mtimeMs;
+    }
+  }
+
+  entry(d: string): BlobEntry {
+    let e = this.#entries.get(d);
+    if (!e) {
+      e = { digest: d, size: undefined, sources: [], pins: [], lastAccess: 0, cached: false, committedAt: undefined };
+      this.#entries.set(d, e);
+    }
+    return e;
+  }
+
+  get(d: string): BlobEntry | undefined {
+    return this.#entries.get(d);
+  }
+
+  list(): BlobEntry[] {
+    return [...this.#entries.values()];
+  }
+
+  usedBytes(): number {
+    let n = 0;
+    for (const e of this.#entries.values()) if (e.cached) n += e.size ?? 0;
+    return n;
+  }
+
+  async register(d: string, size: number | undefined, sources: string[]): Promise<BlobEntry> {
+    const e = this.entry(d);
+    if (size !== undefined && size > 0) e.size = size;
+    for (const s of sources) if (!e.sources.includes(s)) e.sources.push(s);
+    await this.save();
+    return e;
+  }
+
+  async pin(d: string, holder: string): Promise<BlobEntry> {
+    const e = this.entry(d);
+    if (!e.pins.includes(holder)) e.pins.push(holder);
+    await this.save();
+    return e;
+  }
+
+  async unpin(d: string, holder: string): Promise<BlobEntry> {
+    const e = this.entry(d);
+    e.pins = e.pins.filter((h) => h !== holder);
+    await this.save();
+    return e;
+  }
+
+  /** Records an access for LRU; persisted lazily. */
+  touch(d: string): void {
+    const e = this.#entries.get(d);
+    if (!e) return;
+    e.lastAccess = Date.now();
+    this.#touchTimer ??= setTimeout(() => {
+      this.#touchTimer = undefined;
+      void this.save();
+    }, 2000).unref();
+  }
+
+  /**
+   * Makes room for `bytes` more under the budget by evicting least-recently-used,
+   * unpinned blobs (never `keep`). Throws DiskFullError when pins make it impossible.
+   */
+  async reserve(bytes: number, keep: string): Promise<string[]> {
+    const evicted: string[] = [];
+    let used = this.usedBytes();
+    if (used + bytes <= this.budgetBytes) return evicted;
+    const victims = this.list()
+      .filter((e) => e.cached && e.pins.length === 0 && e.digest !== keep)
+      .sort((a, b) => a.lastAccess - b.lastAccess);
+    for (const v of victims) {
+      if (used + bytes <= this.budgetBytes) break;
+      await this.evict(v.digest);
+      used -= v.size ?? 0;
+      evicted.push(v.digest);
+    }
+    if (used + bytes > this.budgetBytes) {
+      throw new DiskFullError(`cache budget of ${this.budgetBytes} bytes cannot fit ${bytes} more: ${used} bytes are pinned or in use`);
+    }
+    return evicted;
+  }
+
+  /** Moves a verified file into the store (atomic rename) and records it. */
+  async commit(d: string, from: string, size: number): Promise<void> {
+    const fh = await open(from, "r");
+    await fh.sync();
+    await fh.close();
+    await rename(from, this.blobPath(d));
+    const dirFh = await open(join(this.dir, "blobs"), "r");
+    await dirFh.sync();
+    await dirFh.close();
+    const e = this.entry(d);
+    e.cached = true;
+    e.size = size;
+    e.committedAt = Date.now();
+    e.lastAccess = Date.now();
+    await this.save();
+  }
+
+  /** Removes a cached blob unless pinned; returns whether it was removed. */
+  async evict(d: string, force = false): Promise<boolean> {
+    const e = this.#entries.get(d);
+    if (!e?.cached) return false;
+    if (e.pins.length > 0 && !force) return false;
+    await unlink(this.blobPath(d)).catch(() => undefined);
+    e.cached = false;
+    e.committedAt = undefined;
+    await this.save();
+    return true;
+  }
+
+  async partialSize(d: string): Promise<number> {
+    try {
+      return (await stat(this.partialPath(d))).size;
+    } catch {
+      return 0;
+    }
+  }
+
+  async dropPartial(d: string): Promise<void> {
+    await rm(this.partialPath(d), { force: true });
+  }
+
+  /** Writes the index atomically; concurrent calls are serialised. */
+  save(): Promise<void> {
+    this.#dirty = true;
+    this.#saving = this.#saving.then(async () => {
+      if (!this.#dirty) return;
+      this.#dirty = false;
+      const doc: IndexFile = { version: 1, blobs: {} };
+      for (const e of this.#entries.values()) {
+        if (!e.cached && e.sources.length === 0 && e.pins.length === 0 && e.size === undefined) continue;
+        doc.blobs[e.digest] = { ...(e.size !== undefined ? { size: e.size } : {}), sources: e.sources, pins: e.pins, lastAccess: e.lastAccess };
+      }
+      const tmp = join(this.dir, "index.json.tmp");
+      const fh = await open(tmp, "w");
+      await fh.writeFile(JSON.stringify(doc));
+      await fh.sync();
+      await fh.close();
+      await rename(tmp, join(this.dir, "index.json"));
+    });
+    return this.#saving;
+  }
+
+  close(): Promise<void> {
+    if (this.#touchTimer) clearTimeout(this.#touchTimer);
+    this.#touchTimer = undefined;
+    return this.save();
+  }
+}

@@ -1,0 +1,177 @@
+// Admin operations behind the gRPC API: registration, prefetch, import, pins, eviction.
+import { createReadStream } from "node:fs";
+import { createHash } from "node:crypto";
+import { open, rm } from "node:fs/promises";
+import { resolve, sep } from "node:path";
+import { failedPrecondition, invalidArgument, notFound, type Logger } from "@ferry/runtime";
+import type { Filler } from "./adapters/fill.ts";
+import type { BlobEntry, BlobStore } from "./adapters/store.ts";
+import { DIGEST_RE, DiskFullError } from "./errors.ts";
+import type { Metrics } from "./metrics.ts";
+
+const HOLDER_RE = /^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$/;
+
+export interface PrefetchProgress {
+  bytesDone: number;
+  bytesTotal: number;
+  rate: number;
+  source: string;
+  done: boolean;
+}
+
+export class Distributor {
+  readonly store: BlobStore;
+  readonly filler: Filler;
+  readonly metrics: Metrics;
+  readonly log: Logger;
+  readonly importDirs: string[];
+
+  constructor(store: BlobStore, filler: Filler, metrics: Metrics, log: Logger, importDirs: string[]) {
+    this.store = store;
+    this.filler = filler;
+    this.metrics = metrics;
+    this.log = log;
+    this.importDirs = importDirs;
+  }
+
+  async register(digest: string, size: number, sources: string[]): Promise<BlobEntry> {
+    checkDigest(digest);
+    checkSources(sources);
+    const e = this.store.get(digest);
+    if (size > 0 && e?.size !== undefined && e.size !== size) {
+      throw failedPrecondition(`blob ${digest} is already known as ${e.size} bytes, not ${size}`, "SIZE_CONFLICT");
+    }
+    return this.store.register(digest, size > 0 ? size : undefined, sources);
+  }
+
+  /** Registers, fills (or joins the running fill) and reports progress until committed. */
+  async *prefetch(digest: string, size: number, sources: string[], holder: string, signal: AbortSignal): AsyncIterable<PrefetchProgress> {
+    await this.register(digest, size, sources);
+    if (holder) {
+      checkHolder(holder);
+      await this.store.pin(digest, holder);
+    }
+    const cached = this.store.get(digest);
+    if (cached?.cached) {
+      yield { bytesDone: cached.size!, bytesTotal: cached.size!, rate: 0, source: "cache", done: true };
+      return;
+    }
+    if (this.filler.sources(digest).length === 0)
+      throw failedPrecondition(`no source for ${digest}: give source URLs or configure a parent distributor`, "NO_SOURCE");
+    const fill = this.filler.start(digest);
+    let lastAt = Date.now();
+    let lastBytes = fill.written;
+    while (fill.state === "filling") {
+      await Promise.race([fill.finished.catch(() => undefined), new Promise((r) => setTimeout(r, 250))]);
+      if (signal.aborted) return;
+      const now = Date.now();
+      const rate = now > lastAt ? ((fill.written - lastBytes) * 1000) / (now - lastAt) : 0;
+      [lastAt, lastBytes] = [now, fill.written];
+      if (fill.state === "filling") yield { bytesDone: fill.written, bytesTotal: fill.size ?? 0, rate, source: fill.source, done: false };
+    }
+    if (fill.state === "failed") throw fill.error!;
+    yield { bytesDone: fill.written, bytesTotal: fill.written, rate: 0, source: fill.source, done: true };
+  }
+
+  /** Writes bytes (streamed, or from a local file) verified against digest and size. */
+  async import(header: { digest: string; size: number; localPath: string }, chunks: AsyncIterable<Uint8Array>): Promise<BlobEntry> {
+    const { digest, size } = header;
+    checkDigest(digest);
+    if (!(size > 0)) throw invalidArgument("size must be > 0", "SIZE_INVALID");
+    const existing = this.store.get(digest);
+    if (existing?.cached) {
+      for await (const _ of chunks) {
+        // drain the client's stream; the blob is already here
+      }
+      return existing;
+    }
+    let source: AsyncIterable<Uint8Array> = chunks;
+    if (header.localPath) {
+      const p = resolve(header.localPath);
+      if (!this.importDirs.some((d) => p === resolve(d) || p.startsWith(resolve(d) + sep))) {
+        throw failedPrecondition(
+          `${header.localPath} is not under an allowed import directory (FERRY_DISTRIBUTOR_IMPORT_DIRS)`,
+          "IMPORT_DIR_NOT_ALLOWED",
+        );
+      }
+      source = createReadStream(p, { highWaterMark: 1 << 20 });
+    }
+    await this.store.reserve(size, digest);
+    const tmp = this.store.tmpPath(digest);
+    const fh = await open(tmp, "w");
+    const hash = createHash("sha256");
+    let n = 0;
+    try {
+      for await (const chunk of source) {
+        if (n + chunk.length > size) throw invalidArgument(`more than the declared ${size} bytes were sent`, "TOO_LONG");
+        await fh.write(chunk, 0, chunk.length, n);
+        hash.update(chunk);
+        n += chunk.length;
+      }
+      if (n !== size) throw invalidArgument(`${n} bytes were sent, ${size} declared`, "SIZE_MISMATCH");
+      const got = hash.digest("hex");
+      if (got !== digest) throw invalidArgument(`the bytes' sha256 is ${got}, not ${digest}; nothing was stored`, "DIGEST_MISMATCH");
+      await fh.close();
+      await this.store.commit(digest, tmp, size);
+      this.log.info({ digest: digest.slice(0, 12), bytes: size }, "blob imported");
+      return this.store.get(digest)!;
+    } catch (err) {
+      await fh.close().catch(() => undefined);
+      await rm(tmp, { force: true });
+      if ((err as NodeJS.ErrnoException).code === "ENOSPC") {
+        this.metrics.diskFull.inc();
+        throw new DiskFullError(`disk full while importing ${digest}`);
+      }
+      throw err;
+    }
+  }
+
+  stat(digest: string): BlobEntry {
+    checkDigest(digest);
+    const e = this.store.get(digest);
+    if (!e || (!e.cached && e.sources.length === 0 && !this.filler.get(digest))) throw notFound(`blob ${digest} is not known`, "BLOB_NOT_FOUND");
+    return e;
+  }
+
+  async pin(digest: string, holder: string): Promise<BlobEntry> {
+    checkDigest(digest);
+    checkHolder(holder);
+    return this.store.pin(digest, holder);
+  }
+
+  async unpin(digest: string, holder: string): Promise<BlobEntry> {
+    checkDigest(digest);
+    checkHolder(holder);
+    if (!this.store.get(digest)?.pins.includes(holder)) throw notFound(`blob ${digest} is not pinned by ${holder}`, "PIN_NOT_FOUND");
+    return this.store.unpin(digest, holder);
+  }
+
+  async evict(digest: string): Promise<boolean> {
+    checkDigest(digest);
+    const e = this.store.get(digest);
+    if (!e?.cached) throw notFound(`blob ${digest} is not cached`, "BLOB_NOT_FOUND");
+    if (e.pins.length > 0) throw failedPrecondition(`blob ${digest} is pinned by ${e.pins.join(", ")}`, "PINNED");
+    return this.store.evict(digest);
+  }
+}
+
+function checkDigest(d: string): void {
+  if (!DIGEST_RE.test(d)) throw invalidArgument(`digest must be 64 lowercase hex digits (sha256), got "${d.slice(0, 80)}"`, "DIGEST_INVALID");
+}
+
+function checkHolder(h: string): void {
+  if (!HOLDER_RE.test(h)) throw invalidArgument(`holder must be 1-128 of [A-Za-z0-9._:-], got "${h.slice(0, 80)}"`, "HOLDER_INVALID");
+}
+
+function checkSources(sources: string[]): void {
+  if (sources.length > 16) throw invalidArgument("at most 16 source URLs", "SOURCES_INVALID");
+  for (const s of sources) {
+    let u: URL;
+    try {
+      u = new URL(s);
+    } catch {
+      throw invalidArgument(`source "${s.slice(0, 80)}" is not a URL`, "SOURCES_INVALID");
+    }
+    if (u.protocol !== "http:" && u.protocol !== "https:") throw invalidArgument(`source ${s.slice(0, 80)} must be http(s)`, "SOURCES_INVALID");
+  }
+}
