@@ -54,7 +54,7 @@ async function makeBlob(): Promise<{ file: string; digest: string }> {
     const n = Math.min(8 * MiB, SIZE - done);
     const b = randomBytes(n);
     hash.update(b);
-    if (!out.write(b)) await new Promise((r) => out.once("drain", r));
+    if (!out.write(b)) await new Promise<void>((r) => out.once("drain", () => r()));
     done += n;
   }
   await new Promise<void>((r) => out.end(() => r()));

@@ -460,3 +460,24 @@ describe("hostile requests", () => {
     expect(closed).toBeLessThan(12_000);
   });
 });
+
+describe("client aborts", () => {
+  it("survives many clients aborting mid-body, on cached and filling blobs", async () => {
+    const d = await startDistributor();
+    const u = await upstream(4 * 1024 * 1024);
+    u.behaviour = { rate: 8 * 1024 * 1024 };
+    await register(d, u);
+    const abortAfterFirstChunk = async (headers: Record<string, string> = {}) => {
+      const ac = new AbortController();
+      const res = await request(d.url(u.digest), { signal: ac.signal, headers });
+      const it = (res.body as AsyncIterable<Buffer>)[Symbol.asyncIterator]();
+      await it.next();
+      ac.abort();
+    };
+    await Promise.all(Array.from({ length: 8 }, () => abortAfterFirstChunk()));
+    await committed(d, u.digest);
+    await Promise.all(Array.from({ length: 8 }, (_, i) => abortAfterFirstChunk(i % 2 ? { range: "bytes=100-" } : {})));
+    expect(sha((await get(d.url(u.digest))).body)).toBe(u.digest);
+    expect((await get(`${d.base}/healthz`)).status).toBe(200);
+  });
+});

@@ -2,11 +2,8 @@
 // store or while a fill is in progress; /metrics and /healthz. The cache key is the
 // digest in the path, never the Host or any forwarding header.
 import { randomBytes } from "node:crypto";
-import { createReadStream } from "node:fs";
 import { open, type FileHandle } from "node:fs/promises";
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
-import { Readable } from "node:stream";
-import { pipeline } from "node:stream/promises";
 import type { Logger } from "@ferry/runtime";
 import type { Fill, Filler } from "../adapters/fill.ts";
 import type { BlobStore } from "../adapters/store.ts";
@@ -76,7 +73,7 @@ async function handle(deps: HttpDeps, req: IncomingMessage, res: ServerResponse)
     }
   }
   let size: number;
-  let source: BodySource;
+  let body: Body;
   const headers: Record<string, string> = {
     etag: `"${digest}"`,
     "accept-ranges": "bytes",
@@ -91,14 +88,13 @@ async function handle(deps: HttpDeps, req: IncomingMessage, res: ServerResponse)
     } catch (err) {
       return plain(res, 502, `could not fetch blob ${digest} from upstream: ${(err as Error).message}\n`);
     }
-    source = followFill(deps.store, fill);
+    body = { kind: "fill", fill, store: deps.store };
     headers["x-ferry-cache"] = "miss";
   } else {
     entry = deps.store.get(digest)!;
     deps.metrics.hits.inc();
     size = entry.size!;
-    const file = deps.store.blobPath(digest);
-    source = (start, end) => createReadStream(file, { start, end, highWaterMark: CHUNK });
+    body = { kind: "file", path: deps.store.blobPath(digest) };
     headers["x-ferry-cache"] = "hit";
     if (entry.committedAt) headers["last-modified"] = new Date(entry.committedAt).toUTCString();
   }
@@ -108,11 +104,11 @@ async function handle(deps: HttpDeps, req: IncomingMessage, res: ServerResponse)
     req.method === "GET" && ifRangeMatches(req.headers["if-range"] as string | undefined, headers.etag!) ? req.headers.range : undefined;
   const decision = parseRange(rangeHeader, size);
   if (decision.kind === "unsatisfiable") return plain(res, 416, "range not satisfiable\n", { ...headers, "content-range": `bytes */${size}` });
+  let parts: Part[];
   if (decision.kind === "full") {
     res.writeHead(200, { ...headers, "content-type": "application/octet-stream", "content-length": String(size) });
-    return send(deps, req, res, size === 0 ? [] : [source(0, size - 1, ac.signal)]);
-  }
-  if (decision.ranges.length === 1) {
+    parts = size === 0 ? [] : [{ start: 0, end: size - 1 }];
+  } else if (decision.ranges.length === 1) {
     const r = decision.ranges[0]!;
     res.writeHead(206, {
       ...headers,
@@ -120,88 +116,110 @@ async function handle(deps: HttpDeps, req: IncomingMessage, res: ServerResponse)
       "content-range": `bytes ${r.start}-${r.end}/${size}`,
       "content-length": String(r.end - r.start + 1),
     });
-    return send(deps, req, res, [source(r.start, r.end, ac.signal)]);
+    parts = [r];
+  } else {
+    const boundary = randomBytes(12).toString("hex");
+    parts = multipart(decision.ranges, size, boundary);
+    const length = parts.reduce((n, p) => n + (p.head?.length ?? 0) + (p.end >= p.start ? p.end - p.start + 1 : 0), 0);
+    res.writeHead(206, { ...headers, "content-type": `multipart/byteranges; boundary=${boundary}`, "content-length": String(length) });
   }
-  const boundary = randomBytes(12).toString("hex");
-  const parts = multipart(decision.ranges, size, boundary);
-  const length = parts.reduce((n, p) => n + p.head.length + (p.range ? p.range.end - p.range.start + 1 : 0), 0);
-  res.writeHead(206, { ...headers, "content-type": `multipart/byteranges; boundary=${boundary}`, "content-length": String(length) });
-  return send(
-    deps,
-    req,
-    res,
-    parts.flatMap((p) => [Readable.from([p.head]), ...(p.range ? [source(p.range.start, p.range.end, ac.signal)] : [])]),
-  );
-}
-
-type BodySource = (start: number, end: number, signal?: AbortSignal) => Readable | AsyncIterable<Buffer>;
-
-function multipart(ranges: ByteRange[], size: number, boundary: string): Array<{ head: Buffer; range?: ByteRange }> {
-  const out: Array<{ head: Buffer; range?: ByteRange }> = ranges.map((r) => ({
-    head: Buffer.from(`\r\n--${boundary}\r\ncontent-type: application/octet-stream\r\ncontent-range: bytes ${r.start}-${r.end}/${size}\r\n\r\n`),
-    range: r,
-  }));
-  out.push({ head: Buffer.from(`\r\n--${boundary}--\r\n`) });
-  return out;
-}
-
-async function send(deps: HttpDeps, req: IncomingMessage, res: ServerResponse, parts: Array<Readable | AsyncIterable<Buffer>>): Promise<void> {
   if (req.method === "HEAD") {
     res.end();
     return;
   }
-  const metrics = deps.metrics;
-  async function* body() {
-    for (const p of parts) {
-      for await (const chunk of p) {
-        metrics.bytesServed.inc((chunk as Buffer).length);
-        yield chunk as Buffer;
-      }
-    }
-  }
   try {
-    await pipeline(Readable.from(body()), res);
+    await sendBody(res, body, parts, size, deps.metrics, ac.signal);
+    res.end();
   } catch (err) {
     // The response is aborted, never ended cleanly: the client must not take it as whole.
     res.destroy();
-    if (!res.req.destroyed) deps.log.debug({ err: (err as Error).message }, "response aborted");
+    deps.log.debug({ err: (err as Error).message }, "response aborted");
   }
 }
 
-/** Reads bytes of a blob still being filled, waiting for each range to arrive. */
-function followFill(store: BlobStore, fill: Fill): BodySource {
-  return (start, end, signal) =>
-    (async function* () {
-      const generation = fill.generation;
-      // The partial file exists once its first bytes do.
-      await fill.waitFor(start, generation, signal);
-      let fh: FileHandle;
-      try {
-        fh = await open(store.partialPath(fill.digest), "r");
-      } catch {
-        fh = await open(store.blobPath(fill.digest), "r"); // committed meanwhile
+/** Where a response's bytes come from: a committed blob, or a fill in progress. */
+type Body = { kind: "file"; path: string } | { kind: "fill"; fill: Fill; store: BlobStore };
+
+/** A byte range of the blob, preceded by literal bytes (multipart headers); end < start: none. */
+interface Part extends ByteRange {
+  head?: Buffer;
+}
+
+function multipart(ranges: ByteRange[], size: number, boundary: string): Part[] {
+  const out: Part[] = ranges.map((r) => ({
+    head: Buffer.from(`\r\n--${boundary}\r\ncontent-type: application/octet-stream\r\ncontent-range: bytes ${r.start}-${r.end}/${size}\r\n\r\n`),
+    ...r,
+  }));
+  out.push({ head: Buffer.from(`\r\n--${boundary}--\r\n`), start: 1, end: 0 });
+  return out;
+}
+
+/** Resolves when the chunk is handed to the socket, so its buffer can be reused. */
+function write(res: ServerResponse, chunk: Buffer): Promise<void> {
+  const p = new Promise<void>((resolve, reject) => {
+    if (res.destroyed) return reject(new Error("client went away"));
+    res.write(chunk, (err) => (err ? reject(err) : resolve()));
+  });
+  // Awaited later; until then a failure must not count as an unhandled rejection.
+  p.catch(() => undefined);
+  return p;
+}
+
+/**
+ * Copies the parts to the response through two reused buffers: one is being written while
+ * the next is read. No per-chunk allocation, so memory stays flat however fast it goes.
+ * Bytes of a fill are sent as they arrive; a response that reaches the blob's end ends
+ * only after the fill verified its digest (never a clean end of wrong bytes).
+ */
+async function sendBody(res: ServerResponse, body: Body, parts: Part[], size: number, metrics: Metrics, signal: AbortSignal): Promise<void> {
+  const fill = body.kind === "fill" ? body.fill : undefined;
+  const generation = fill?.generation ?? 0;
+  let fh: FileHandle | undefined;
+  const bufs = [Buffer.allocUnsafe(CHUNK), Buffer.allocUnsafe(CHUNK)];
+  let turn = 0;
+  let inFlight: Promise<void> = Promise.resolve();
+  try {
+    for (const p of parts) {
+      if (p.head) {
+        await inFlight;
+        inFlight = write(res, p.head);
       }
-      try {
-        let pos = start;
-        while (pos <= end) {
+      for (let pos = p.start; pos <= p.end;) {
+        let available = p.end + 1;
+        if (fill) {
           await fill.waitFor(pos, generation, signal);
-          const available = Math.min(end + 1, fill.written);
-          const n = Math.min(CHUNK, available - pos);
-          const buf = Buffer.allocUnsafe(n);
-          const { bytesRead } = await fh.read(buf, 0, n, pos);
-          if (bytesRead <= 0) throw new Error(`short read at ${pos}`);
-          if (fill.generation !== generation) throw new Error("the fill restarted; aborting this response");
-          pos += bytesRead;
-          // A response that reaches the blob's end ends only after the digest verified:
-          // a client never gets a clean end of bytes that turn out to be wrong.
-          if (pos > end && end === (fill.size ?? 0) - 1 && fill.state !== "done") {
+          available = Math.min(available, fill.written);
+        }
+        fh ??= await openBody(body);
+        const buf = bufs[turn]!;
+        turn ^= 1;
+        const { bytesRead } = await fh.read(buf, 0, Math.min(CHUNK, available - pos), pos);
+        if (bytesRead <= 0) throw new Error(`short read at ${pos}`);
+        pos += bytesRead;
+        if (fill) {
+          if (fill.generation !== generation) throw new Error("the fill restarted from another source; aborting this response");
+          if (pos > p.end && p.end === size - 1 && fill.state !== "done") {
             await fill.finished;
             if (fill.generation !== generation) throw new Error("these bytes came from a source that failed verification");
           }
-          yield buf.subarray(0, bytesRead);
         }
-      } finally {
-        await fh.close();
+        await inFlight;
+        metrics.bytesServed.inc(bytesRead);
+        inFlight = write(res, buf.subarray(0, bytesRead));
       }
-    })();
+    }
+    await inFlight;
+  } finally {
+    await inFlight.catch(() => undefined);
+    await fh?.close();
+  }
+}
+
+async function openBody(body: Body): Promise<FileHandle> {
+  if (body.kind === "file") return open(body.path, "r");
+  try {
+    return await open(body.store.partialPath(body.fill.digest), "r");
+  } catch {
+    return open(body.store.blobPath(body.fill.digest), "r"); // committed meanwhile
+  }
 }
