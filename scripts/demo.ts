@@ -1,5 +1,5 @@
-// The demo site behind `npm start`: a nats-server with JetStream, the catalog, and a
-// catalog of signed demo releases whose images a local origin serves. Everything lives
+// The demo site behind `npm start`: a nats-server with JetStream, the catalog, the site
+// image-distributor, and signed demo releases whose images a local origin serves. Everything lives
 // under .ferry/demo (recreated at each start) and stops on Ctrl-C.
 import { execFileSync, spawn, type ChildProcess } from "node:child_process";
 import { randomBytes } from "node:crypto";
@@ -10,7 +10,7 @@ import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { zstdCompressSync } from "node:zlib";
 import type { events } from "@ferry/proto";
-import { catalog } from "@ferry/proto";
+import { catalog, distributor } from "@ferry/proto";
 import { createClient } from "@ferry/grpc";
 import { encodeManifest, MANIFEST_TYPE, measureImage } from "@ferry/release";
 import { formatKeyringJson, generateKeyPair, loadSigningKey, signEnvelope } from "@ferry/signing";
@@ -78,7 +78,7 @@ process.on("SIGTERM", () => void shutdown(0));
 
 async function main() {
   rmSync(state, { recursive: true, force: true });
-  for (const d of ["logs", "nats", "keys", "images"]) mkdirSync(join(state, d), { recursive: true });
+  for (const d of ["logs", "nats", "keys", "images", "distributor"]) mkdirSync(join(state, d), { recursive: true });
 
   let nats: string;
   try {
@@ -91,6 +91,8 @@ async function main() {
   const natsPort = await pickPort(4222);
   const catalogPort = await pickPort(7401);
   const originPort = await pickPort(7490);
+  const distHttpPort = await pickPort(7480);
+  const distGrpcPort = await pickPort(7403);
   const natsUrl = `nats://127.0.0.1:${natsPort}`;
 
   writeFileSync(
@@ -138,7 +140,19 @@ async function main() {
   await waitUntil("catalog", async () => (await client.listReleases({ board: "" }), true));
   log(`catalog 127.0.0.1:${catalogPort}`);
 
+  start("image-distributor", process.execPath, [join(root, "services/image-distributor/src/main.ts")], {
+    FERRY_HTTP_ADDR: `127.0.0.1:${distHttpPort}`,
+    FERRY_GRPC_ADDR: `127.0.0.1:${distGrpcPort}`,
+    FERRY_DISTRIBUTOR_DATA_DIR: join(state, "distributor"),
+    FERRY_DISTRIBUTOR_CACHE_BYTES: String(1024 ** 3),
+    FERRY_DISTRIBUTOR_IMPORT_DIRS: images,
+  });
+  const dist = createClient(distributor.DistributorServiceService, `127.0.0.1:${distGrpcPort}`, { deadlineMs: 5000 });
+  await waitUntil("image-distributor", async () => (await dist.getStats({}), true));
+  log(`image-distributor http://127.0.0.1:${distHttpPort} (admin gRPC 127.0.0.1:${distGrpcPort})`);
+
   const signer = loadSigningKey(rel.privatePem);
+  const digests: string[] = [];
   for (const version of RELEASES) {
     const name = `ferry-${version}-${BOARD}.img.zst`;
     writeFileSync(
@@ -156,9 +170,13 @@ async function main() {
       issuedAt: new Date(),
     };
     await client.publishRelease({ envelope: signEnvelope(encodeManifest(manifest), [signer]) });
+    // What the planner will do for an upgrade: tell the site distributor where each image is.
+    await dist.registerBlob({ digest: m.compressedSha256, size: m.compressedSize, sources: [manifest.images[0]!.url] });
+    digests.push(m.compressedSha256);
   }
   await client.setAlias({ name: "stable", version: "v1.34.5" });
   client.close();
+  dist.close();
   log(`published ${RELEASES.join(", ")} for board ${BOARD}; stable → v1.34.5`);
 
   const ferry = catalogPort === 7401 ? "npx ferry" : `npx ferry --catalog 127.0.0.1:${catalogPort}`;
@@ -179,6 +197,13 @@ Ferry demo site is up (state and logs in .ferry/demo; Ctrl-C stops it).
     ${g} -d '{"fromVersion":"v1.33.4","target":"v1.35","board":"${BOARD}"}' ferry.catalog.v1.CatalogService/FindPath
     ${g} -d '{"target":"stable"}' ferry.catalog.v1.CatalogService/ResolveTarget
     ${g} grpc.health.v1.Health/Check
+
+  image-distributor (the demo images are registered; the first GET fills from the origin)
+    curl -sI http://127.0.0.1:${distHttpPort}/blobs/sha256/${digests[0]}
+    curl -s -r 0-99 http://127.0.0.1:${distHttpPort}/blobs/sha256/${digests[0]} | od -c | head -3
+    grpcurl -plaintext 127.0.0.1:${distGrpcPort} ferry.distributor.v1.DistributorService/ListBlobs
+    grpcurl -plaintext 127.0.0.1:${distGrpcPort} ferry.distributor.v1.DistributorService/GetStats
+    curl -s http://127.0.0.1:${distHttpPort}/metrics | grep ferry_distributor
 
   Signing keys: .ferry/demo/keys (release.key signs; keyring.json is what the catalog trusts)
 `);
