@@ -219,6 +219,22 @@ describe("filling from upstream", () => {
     expect((await d.admin.statBlob({ digest: dig })).cached).toBe(false);
   });
 
+  it("fetches a range far ahead of a running fill straight from upstream instead of waiting", async () => {
+    const d = await startDistributor();
+    const u = await upstream(40 * 1024 * 1024);
+    u.behaviour = { rate: 8 * 1024 * 1024 }; // the whole fill takes about 5 s
+    await register(d, u);
+    const whole = get(d.url(u.digest));
+    await waitFor(() => u.bytesSent > 0, { what: "the fill to start" });
+    const t0 = Date.now();
+    const far = await get(d.url(u.digest), { range: "bytes=36000000-36000999" });
+    expect(Date.now() - t0).toBeLessThan(2500);
+    expect([far.status, far.body.equals(u.blob.subarray(36_000_000, 36_001_000))]).toEqual([206, true]);
+    expect(u.requests.map((r) => r.range)).toContain("bytes=36000000-36000999");
+    expect(sha((await whole).body)).toBe(u.digest);
+    await committed(d, u.digest);
+  });
+
   it("chains to a parent distributor; the origin serves the blob once", async () => {
     const hub = await startDistributor();
     const u = await upstream(256 * 1024);

@@ -4,6 +4,7 @@
 import { randomBytes } from "node:crypto";
 import { open, type FileHandle } from "node:fs/promises";
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
+import { request } from "undici";
 import type { Logger } from "@ferry/runtime";
 import type { Fill, Filler } from "../adapters/fill.ts";
 import type { BlobStore } from "../adapters/store.ts";
@@ -127,6 +128,19 @@ async function handle(deps: HttpDeps, req: IncomingMessage, res: ServerResponse)
     res.end();
     return;
   }
+  // A single range far ahead of a running fill would wait for the whole sequential fill
+  // to get there: fetch just that range from upstream instead (passed through, not cached).
+  if (fill && fill.state === "filling" && parts.length === 1 && parts[0]!.start > fill.written + PASS_THROUGH_GAP) {
+    const r = parts[0]!;
+    try {
+      await passThrough(res, deps.filler.sources(digest), r, size, deps.metrics, ac.signal);
+      res.end();
+    } catch (err) {
+      res.destroy();
+      deps.log.debug({ err: (err as Error).message }, "pass-through range aborted");
+    }
+    return;
+  }
   try {
     await sendBody(res, body, parts, size, deps.metrics, ac.signal);
     res.end();
@@ -152,6 +166,43 @@ function multipart(ranges: ByteRange[], size: number, boundary: string): Part[] 
   }));
   out.push({ head: Buffer.from(`\r\n--${boundary}--\r\n`), start: 1, end: 0 });
   return out;
+}
+
+/** How far ahead of a fill's position a range is fetched from upstream instead of waited for. */
+const PASS_THROUGH_GAP = 16 * 1024 * 1024;
+
+/** Streams one range straight from the first upstream that answers it correctly. */
+async function passThrough(res: ServerResponse, sources: string[], r: ByteRange, size: number, metrics: Metrics, signal: AbortSignal): Promise<void> {
+  let lastErr: unknown;
+  let sent = 0;
+  for (const source of sources) {
+    try {
+      const up = await request(source, {
+        headers: { range: `bytes=${r.start}-${r.end}`, "accept-encoding": "identity" },
+        signal,
+        headersTimeout: 30_000,
+        bodyTimeout: 30_000,
+      });
+      if (up.statusCode !== 206 || up.headers["content-range"] !== `bytes ${r.start}-${r.end}/${size}`) {
+        await up.body.dump();
+        lastErr = new Error(`${source} answered ${up.statusCode} ${String(up.headers["content-range"] ?? "")}`);
+        continue;
+      }
+      for await (const chunk of up.body as AsyncIterable<Buffer>) {
+        sent += chunk.length;
+        if (sent > r.end - r.start + 1) throw new Error(`${source} sent more than the range`);
+        metrics.upstreamBytes.inc(chunk.length);
+        metrics.bytesServed.inc(chunk.length);
+        await write(res, chunk);
+      }
+      if (sent !== r.end - r.start + 1) throw new Error(`${source} ended the range early`);
+      return;
+    } catch (err) {
+      lastErr = err;
+      if (sent > 0) throw err; // bytes went out: another source cannot continue this body
+    }
+  }
+  throw lastErr instanceof Error ? lastErr : new Error("no source answered the range");
 }
 
 /** Resolves when the chunk is handed to the socket, so its buffer can be reused. */
