@@ -7,7 +7,7 @@ set -euo pipefail
 pkg=$1 suite=$2 rel=$3
 cache="${FERRY_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/ferry}"
 root="$cache/$pkg-$suite"
-if [ -x "$root/$rel" ]; then echo "$root/$rel"; exit 0; fi
+if [ -e "$root/$rel" ]; then echo "$root/$rel"; exit 0; fi
 command -v apt-get >/dev/null || { echo "fetch-deb: apt-get is needed to fetch $pkg from Debian $suite" >&2; exit 1; }
 apt_dir="$cache/apt-$suite"
 mkdir -p "$apt_dir/lists/partial" "$apt_dir/archives/partial" "$root"
@@ -20,5 +20,5 @@ echo "fetch-deb: fetching $pkg from Debian $suite into $root" >&2
 ( cd "$apt_dir/archives" && apt-get "${opts[@]}" -qq download "$pkg" >&2 )
 deb=$(ls -t "$apt_dir"/archives/"${pkg}"_*.deb | head -1)
 dpkg-deb -x "$deb" "$root"
-[ -x "$root/$rel" ] || { echo "fetch-deb: $pkg has no $rel" >&2; exit 1; }
+[ -e "$root/$rel" ] || { echo "fetch-deb: $pkg has no $rel" >&2; exit 1; }
 echo "$root/$rel"
