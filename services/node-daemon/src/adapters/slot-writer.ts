@@ -1,0 +1,200 @@
+// Writing an image to the inactive slot in ONE streaming pass: download (from the site
+// distributor, falling back to the next URL, resuming with Range after network errors),
+// hash the compressed bytes, decompress (zstd, gzip or none), hash the raw bytes, write
+// them to the slot through a large buffer, with byte progress. Nothing is trusted until
+// both digests and sizes match; the caller then fsyncs (done here) and runs
+// readBackVerify before any boot switch. After a crash the pass starts again from byte 0:
+// a decoder cannot resume mid-stream.
+import { createHash } from "node:crypto";
+import { createReadStream } from "node:fs";
+import { open, realpath, stat } from "node:fs/promises";
+import { Readable, Transform, Writable } from "node:stream";
+import { pipeline } from "node:stream/promises";
+import { request } from "undici";
+import type { events } from "@ferry/proto";
+import { FerryError, sleep } from "@ferry/runtime";
+import { decompressor } from "@ferry/release";
+
+export interface ImageSpec {
+  format: events.Compression;
+  compressedSize: number;
+  compressedSha256: string;
+  rawSize: number;
+  rawSha256: string;
+}
+
+export interface WriteProgress {
+  /** Raw bytes written to the slot. */
+  bytesDone: number;
+  bytesTotal: number;
+  /** Compressed bytes downloaded. */
+  downloaded: number;
+  source: string;
+}
+
+export interface WriteSlotOptions {
+  /** Where to download from, in order (site distributor first; the origin when allowed). */
+  urls: string[];
+  image: ImageSpec;
+  /** The inactive slot: a file or a block device. */
+  slotPath: string;
+  /** The booted slot: writing it is refused (safety invariant 1). */
+  activeSlotPath: string;
+  onProgress?: (p: WriteProgress) => void;
+  signal?: AbortSignal;
+  /** Network errors tolerated per URL, each resumed with Range. */
+  retries?: number;
+  /** Slot write buffer (monok8s uses 6 MiB). */
+  bufferBytes?: number;
+}
+
+export class SlotWriteError extends FerryError {
+  constructor(code: string, message: string) {
+    super("failed_precondition", code, message);
+    this.name = "SlotWriteError";
+  }
+}
+
+/** Refuses to treat the active slot (same path, same inode or same device) as the target. */
+export async function assertNotActive(slotPath: string, activeSlotPath: string): Promise<void> {
+  const [a, b] = await Promise.all([realpath(slotPath).catch(() => slotPath), realpath(activeSlotPath).catch(() => activeSlotPath)]);
+  if (a === b) throw new SlotWriteError("ACTIVE_SLOT", `refusing to write ${slotPath}: it is the active slot`);
+  const [sa, sb] = await Promise.all([stat(a).catch(() => undefined), stat(b).catch(() => undefined)]);
+  if (sa && sb && ((sa.ino === sb.ino && sa.dev === sb.dev) || (sa.rdev !== 0 && sa.rdev === sb.rdev))) {
+    throw new SlotWriteError("ACTIVE_SLOT", `refusing to write ${slotPath}: it is the same device or file as the active slot ${activeSlotPath}`);
+  }
+}
+
+/** The compressed image as one stream, across URLs and reconnects (Range-resumed). */
+async function* download(o: WriteSlotOptions, state: { downloaded: number; source: string }): AsyncGenerator<Buffer> {
+  const errors: string[] = [];
+  for (const url of o.urls) {
+    let attempts = 0;
+    for (;;) {
+      state.source = url;
+      try {
+        const headers: Record<string, string> = { "accept-encoding": "identity" };
+        if (state.downloaded > 0) headers.range = `bytes=${state.downloaded}-`;
+        const res = await request(url, { headers, headersTimeout: 30_000, bodyTimeout: 30_000, ...(o.signal ? { signal: o.signal } : {}) });
+        if (state.downloaded > 0 && res.statusCode !== 206) {
+          await res.body.dump();
+          throw new SlotWriteError("NO_RANGE", `${url} answered ${res.statusCode} to a Range request`);
+        }
+        if (state.downloaded === 0 && res.statusCode !== 200) {
+          await res.body.dump();
+          throw new SlotWriteError("DOWNLOAD_FAILED", `${url} answered ${res.statusCode}`);
+        }
+        for await (const chunk of res.body as AsyncIterable<Buffer>) {
+          if (state.downloaded + chunk.length > o.image.compressedSize) {
+            throw new SlotWriteError("TOO_LONG", `${url} sent more than the ${o.image.compressedSize} bytes the manifest signs`);
+          }
+          state.downloaded += chunk.length;
+          yield chunk;
+        }
+        if (state.downloaded === o.image.compressedSize) return;
+        throw Object.assign(new Error(`${url} ended after ${state.downloaded} of ${o.image.compressedSize} bytes`), { retryable: true });
+      } catch (err) {
+        if (o.signal?.aborted) throw err;
+        errors.push(`${url}: ${(err as Error).message}`);
+        // A wrong answer moves on to the next URL; a network error resumes this one.
+        if (err instanceof SlotWriteError || ++attempts > (o.retries ?? 5)) break;
+        await sleep(Math.min(5000, 200 * 2 ** attempts), o.signal);
+      }
+    }
+  }
+  throw new SlotWriteError("DOWNLOAD_FAILED", `could not download the image: ${errors.join("; ")}`);
+}
+
+/**
+ * Streams the image into the slot. Resolves with both digests once they match the
+ * manifest (and the slot is fsynced); throws SlotWriteError otherwise — then the slot
+ * holds garbage and must stay marked bad.
+ */
+export async function writeSlot(o: WriteSlotOptions): Promise<{ rawSha256: string; compressedSha256: string }> {
+  await assertNotActive(o.slotPath, o.activeSlotPath);
+  const bufSize = o.bufferBytes ?? 6 * 1024 * 1024;
+  const state = { downloaded: 0, source: "" };
+  const zHash = createHash("sha256");
+  const rHash = createHash("sha256");
+  let written = 0;
+  let lastReport = 0;
+  const fh = await open(o.slotPath, "r+").catch(() => open(o.slotPath, "w"));
+  const buf = Buffer.allocUnsafe(bufSize);
+  let fill = 0;
+  const flush = async () => {
+    let off = 0;
+    while (off < fill) off += (await fh.write(buf, off, fill - off, written + off)).bytesWritten;
+    written += fill;
+    fill = 0;
+    const now = Date.now();
+    if (o.onProgress && (now - lastReport >= 250 || written === o.image.rawSize)) {
+      lastReport = now;
+      o.onProgress({ bytesDone: written, bytesTotal: o.image.rawSize, downloaded: state.downloaded, source: state.source });
+    }
+  };
+  const hashCompressed = new Transform({
+    transform(chunk: Buffer, _e, cb) {
+      zHash.update(chunk);
+      cb(null, chunk);
+    },
+  });
+  let rawSeen = 0;
+  const sink = new Writable({
+    highWaterMark: bufSize,
+    write(chunk: Buffer, _e, cb) {
+      rawSeen += chunk.length;
+      if (rawSeen > o.image.rawSize)
+        return cb(new SlotWriteError("RAW_TOO_LONG", `the image decompresses to more than the ${o.image.rawSize} bytes the manifest signs`));
+      rHash.update(chunk);
+      void (async () => {
+        let pos = 0;
+        while (pos < chunk.length) {
+          const n = Math.min(bufSize - fill, chunk.length - pos);
+          chunk.copy(buf, fill, pos, pos + n);
+          fill += n;
+          pos += n;
+          if (fill === bufSize) await flush();
+        }
+      })().then(() => cb(), cb);
+    },
+    final(cb) {
+      flush().then(() => cb(), cb);
+    },
+  });
+  try {
+    const dec = decompressor(o.image.format);
+    const stages = [Readable.from(download(o, state), { objectMode: false, highWaterMark: 1 << 20 }), hashCompressed, ...(dec ? [dec] : []), sink];
+    await (pipeline as (...a: unknown[]) => Promise<void>)(...stages, ...(o.signal ? [{ signal: o.signal }] : []));
+    const compressedSha256 = zHash.digest("hex");
+    const rawSha256 = rHash.digest("hex");
+    if (compressedSha256 !== o.image.compressedSha256)
+      throw new SlotWriteError("DIGEST_MISMATCH", `downloaded image sha256 ${compressedSha256}, the manifest signs ${o.image.compressedSha256}`);
+    if (written !== o.image.rawSize) throw new SlotWriteError("RAW_SIZE_MISMATCH", `wrote ${written} bytes, the manifest signs ${o.image.rawSize}`);
+    if (rawSha256 !== o.image.rawSha256)
+      throw new SlotWriteError("RAW_DIGEST_MISMATCH", `raw image sha256 ${rawSha256}, the manifest signs ${o.image.rawSha256}`);
+    await fh.sync();
+    return { rawSha256, compressedSha256 };
+  } catch (err) {
+    if (err instanceof SlotWriteError) throw err;
+    if ((err as NodeJS.ErrnoException).code === "ENOSPC")
+      throw new SlotWriteError("SLOT_FULL", `the slot ${o.slotPath} is too small for the image (${o.image.rawSize} bytes)`);
+    if (/^(ZSTD_|Z_)/.test(String((err as NodeJS.ErrnoException).code ?? "")))
+      throw new SlotWriteError("DECOMPRESS_FAILED", `the image does not decompress: ${(err as Error).message}`);
+    throw err;
+  } finally {
+    await fh.close();
+  }
+}
+
+/** Reads the slot back and checks the raw size and sha256 (before any boot switch). */
+export async function readBackVerify(slotPath: string, rawSize: number, rawSha256: string): Promise<void> {
+  const hash = createHash("sha256");
+  let n = 0;
+  for await (const chunk of createReadStream(slotPath, { start: 0, end: rawSize - 1, highWaterMark: 4 * 1024 * 1024 })) {
+    hash.update(chunk as Buffer);
+    n += (chunk as Buffer).length;
+  }
+  if (n !== rawSize) throw new SlotWriteError("READBACK_SHORT", `read back ${n} of ${rawSize} bytes from ${slotPath}`);
+  const got = hash.digest("hex");
+  if (got !== rawSha256) throw new SlotWriteError("READBACK_MISMATCH", `the slot reads back as sha256 ${got}, the manifest signs ${rawSha256}`);
+}
