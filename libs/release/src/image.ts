@@ -23,9 +23,10 @@ export function sniffCompression(head: Uint8Array): events.Compression {
   return Compression.COMPRESSION_NONE;
 }
 
+/** A streaming decoder for the format; 1 MiB output chunks keep allocations few. */
 export function decompressor(format: events.Compression): Transform | undefined {
-  if (format === Compression.COMPRESSION_ZSTD) return createZstdDecompress();
-  if (format === Compression.COMPRESSION_GZIP) return createGunzip();
+  if (format === Compression.COMPRESSION_ZSTD) return createZstdDecompress({ chunkSize: 1 << 20 });
+  if (format === Compression.COMPRESSION_GZIP) return createGunzip({ chunkSize: 1 << 20 });
   return undefined;
 }
 

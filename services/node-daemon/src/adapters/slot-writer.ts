@@ -6,7 +6,6 @@
 // readBackVerify before any boot switch. After a crash the pass starts again from byte 0:
 // a decoder cannot resume mid-stream.
 import { createHash } from "node:crypto";
-import { createReadStream } from "node:fs";
 import { open, realpath, stat } from "node:fs/promises";
 import { Readable, Transform, Writable } from "node:stream";
 import { pipeline } from "node:stream/promises";
@@ -119,18 +118,32 @@ export async function writeSlot(o: WriteSlotOptions): Promise<{ rawSha256: strin
   let written = 0;
   let lastReport = 0;
   const fh = await open(o.slotPath, "r+").catch(() => open(o.slotPath, "w"));
-  const buf = Buffer.allocUnsafe(bufSize);
+  // Two buffers: one is written to the slot while the decoder fills the other.
+  const bufs = [Buffer.allocUnsafe(bufSize), Buffer.allocUnsafe(bufSize)];
+  let cur = 0;
   let fill = 0;
-  const flush = async () => {
+  let pending: Promise<void> = Promise.resolve();
+  const writeOut = async (b: Buffer, len: number, at: number) => {
     let off = 0;
-    while (off < fill) off += (await fh.write(buf, off, fill - off, written + off)).bytesWritten;
-    written += fill;
-    fill = 0;
+    while (off < len) off += (await fh.write(b, off, len - off, at + off)).bytesWritten;
+    written = Math.max(written, at + len);
     const now = Date.now();
     if (o.onProgress && (now - lastReport >= 250 || written === o.image.rawSize)) {
       lastReport = now;
       o.onProgress({ bytesDone: written, bytesTotal: o.image.rawSize, downloaded: state.downloaded, source: state.source });
     }
+  };
+  let queued = 0; // bytes handed to writes so far (the next write's offset)
+  const flush = async () => {
+    await pending; // the other buffer is free again once its write finished
+    const b = bufs[cur]!;
+    const len = fill;
+    const at = queued;
+    queued += len;
+    pending = writeOut(b, len, at);
+    pending.catch(() => undefined);
+    cur ^= 1;
+    fill = 0;
   };
   const hashCompressed = new Transform({
     transform(chunk: Buffer, _e, cb) {
@@ -150,7 +163,7 @@ export async function writeSlot(o: WriteSlotOptions): Promise<{ rawSha256: strin
         let pos = 0;
         while (pos < chunk.length) {
           const n = Math.min(bufSize - fill, chunk.length - pos);
-          chunk.copy(buf, fill, pos, pos + n);
+          chunk.copy(bufs[cur]!, fill, pos, pos + n);
           fill += n;
           pos += n;
           if (fill === bufSize) await flush();
@@ -158,7 +171,9 @@ export async function writeSlot(o: WriteSlotOptions): Promise<{ rawSha256: strin
       })().then(() => cb(), cb);
     },
     final(cb) {
-      flush().then(() => cb(), cb);
+      flush()
+        .then(() => pending)
+        .then(() => cb(), cb);
     },
   });
   try {
@@ -186,13 +201,21 @@ export async function writeSlot(o: WriteSlotOptions): Promise<{ rawSha256: strin
   }
 }
 
-/** Reads the slot back and checks the raw size and sha256 (before any boot switch). */
+/** Reads the slot back through one reused buffer and checks the raw size and sha256 (before any boot switch). */
 export async function readBackVerify(slotPath: string, rawSize: number, rawSha256: string): Promise<void> {
   const hash = createHash("sha256");
+  const buf = Buffer.allocUnsafe(4 * 1024 * 1024);
+  const fh = await open(slotPath, "r");
   let n = 0;
-  for await (const chunk of createReadStream(slotPath, { start: 0, end: rawSize - 1, highWaterMark: 4 * 1024 * 1024 })) {
-    hash.update(chunk as Buffer);
-    n += (chunk as Buffer).length;
+  try {
+    while (n < rawSize) {
+      const { bytesRead } = await fh.read(buf, 0, Math.min(buf.length, rawSize - n), n);
+      if (bytesRead === 0) break;
+      hash.update(buf.subarray(0, bytesRead));
+      n += bytesRead;
+    }
+  } finally {
+    await fh.close();
   }
   if (n !== rawSize) throw new SlotWriteError("READBACK_SHORT", `read back ${n} of ${rawSize} bytes from ${slotPath}`);
   const got = hash.digest("hex");
