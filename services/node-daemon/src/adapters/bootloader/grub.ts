@@ -3,7 +3,7 @@
 // The grub.cfg on the device implements the same counting as U-Boot (see types.ts).
 import { execFile } from "node:child_process";
 import { promisify } from "node:util";
-import { BootEnvError, parseBootState, type Bootloader, type BootState } from "./types.ts";
+import { checkEnvVars, parseBootState, parseEnvListing, toolError, type Bootloader, type BootState } from "./types.ts";
 
 const exec = promisify(execFile);
 
@@ -22,14 +22,9 @@ export class GrubEnv implements Bootloader {
     try {
       ({ stdout } = await exec(this.#tool, [this.#file, "list"]));
     } catch (err) {
-      throw new BootEnvError(`grub-editenv list failed: ${(err as { stderr?: string }).stderr?.trim() || (err as Error).message}`);
+      throw toolError("grub-editenv list", err);
     }
-    const out = new Map<string, string>();
-    for (const line of stdout.split("\n")) {
-      const i = line.indexOf("=");
-      if (i > 0) out.set(line.slice(0, i), line.slice(i + 1));
-    }
-    return out;
+    return parseEnvListing(stdout);
   }
 
   async read(): Promise<BootState> {
@@ -37,13 +32,11 @@ export class GrubEnv implements Bootloader {
   }
 
   async write(vars: Record<string, string>): Promise<void> {
-    for (const [k, v] of Object.entries(vars)) {
-      if (!/^[A-Za-z0-9_]+$/.test(k) || /[\n\r\0]/.test(v)) throw new BootEnvError(`refusing to write ${k}=${JSON.stringify(v)}`);
-    }
+    checkEnvVars(vars);
     try {
       await exec(this.#tool, [this.#file, "set", ...Object.entries(vars).map(([k, v]) => `${k}=${v}`)]);
     } catch (err) {
-      throw new BootEnvError(`grub-editenv set failed: ${(err as { stderr?: string }).stderr?.trim() || (err as Error).message}`);
+      throw toolError("grub-editenv set", err);
     }
   }
 }

@@ -8,7 +8,7 @@ import { rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { promisify } from "node:util";
-import { BootEnvError, parseBootState, type Bootloader, type BootState } from "./types.ts";
+import { checkEnvVars, parseBootState, parseEnvListing, toolError, type Bootloader, type BootState } from "./types.ts";
 
 const exec = promisify(execFile);
 
@@ -46,14 +46,9 @@ export class UBootEnv implements Bootloader {
     try {
       ({ stdout } = await exec(this.#o.fwPrintenv, this.#args(), { env: this.#env() }));
     } catch (err) {
-      throw new BootEnvError(`fw_printenv failed: ${(err as { stderr?: string }).stderr?.trim() || (err as Error).message}`);
+      throw toolError("fw_printenv", err);
     }
-    const out = new Map<string, string>();
-    for (const line of stdout.split("\n")) {
-      const i = line.indexOf("=");
-      if (i > 0) out.set(line.slice(0, i), line.slice(i + 1));
-    }
-    return out;
+    return parseEnvListing(stdout);
   }
 
   async read(): Promise<BootState> {
@@ -61,9 +56,7 @@ export class UBootEnv implements Bootloader {
   }
 
   async write(vars: Record<string, string>): Promise<void> {
-    for (const [k, v] of Object.entries(vars)) {
-      if (!/^[A-Za-z0-9_]+$/.test(k) || /[\n\r\0]/.test(v)) throw new BootEnvError(`refusing to write ${k}=${JSON.stringify(v)}`);
-    }
+    checkEnvVars(vars);
     const script = join(this.#o.scratchDir ?? tmpdir(), `fw_setenv.${randomBytes(6).toString("hex")}`);
     await writeFile(
       script,
@@ -74,7 +67,7 @@ export class UBootEnv implements Bootloader {
     try {
       await exec(this.#o.fwSetenv, [...this.#args(), "-s", script], { env: this.#env() });
     } catch (err) {
-      throw new BootEnvError(`fw_setenv failed: ${(err as { stderr?: string }).stderr?.trim() || (err as Error).message}`);
+      throw toolError("fw_setenv", err);
     } finally {
       await rm(script, { force: true });
     }
