@@ -1,0 +1,155 @@
+// Step events go to an on-disk outbox on the data partition first (appended and fsynced),
+// then a publisher delivers them to JetStream in order, each with Nats-Msg-Id
+// `<node>:<seq>`. Events produced while NATS is unreachable, or across a reboot, wait in
+// the outbox; the per-node sequence is monotonic and never reused, across restarts and
+// after the delivered part of the outbox is compacted away.
+import { EventEmitter } from "node:events";
+import { open, readFile, rename, writeFile } from "node:fs/promises";
+import { join } from "node:path";
+import { jetstream } from "@nats-io/jetstream";
+import { headers, type NatsConnection } from "@nats-io/nats-core";
+import { events } from "@ferry/proto";
+import { eventMsgId, eventSubject } from "@ferry/messaging";
+import { sleep } from "@ferry/runtime";
+
+interface Cursor {
+  /** Highest sequence ever assigned. */
+  lastSeq: number;
+  /** Highest sequence JetStream acknowledged. */
+  delivered: number;
+}
+
+export class Outbox extends EventEmitter<{ event: [events.StepEvent]; delivered: [number] }> {
+  readonly node: string;
+  readonly #file: string;
+  readonly #cursorFile: string;
+  #cursor: Cursor = { lastSeq: 0, delivered: 0 };
+  #pending: events.StepEvent[] = [];
+  #appending: Promise<void> = Promise.resolve();
+  /** Recent events kept in memory for WatchEvents replays. */
+  readonly recent: events.StepEvent[] = [];
+
+  constructor(dataDir: string, node: string) {
+    super();
+    this.setMaxListeners(0);
+    this.node = node;
+    this.#file = join(dataDir, "outbox.jsonl");
+    this.#cursorFile = join(dataDir, "outbox.cursor.json");
+  }
+
+  /** Loads the cursor and whatever the outbox still holds (a torn last line is dropped). */
+  async open(): Promise<void> {
+    try {
+      this.#cursor = JSON.parse(await readFile(this.#cursorFile, "utf8")) as Cursor;
+    } catch {
+      // first start
+    }
+    let text = "";
+    try {
+      text = await readFile(this.#file, "utf8");
+    } catch {
+      // empty outbox
+    }
+    for (const line of text.split("\n")) {
+      if (!line) continue;
+      let e: events.StepEvent;
+      try {
+        e = events.StepEvent.fromJSON(JSON.parse(line));
+      } catch {
+        continue; // a power cut in the middle of an append
+      }
+      this.#cursor.lastSeq = Math.max(this.#cursor.lastSeq, e.seq);
+      if (e.seq > this.#cursor.delivered) this.#pending.push(e);
+      this.#remember(e);
+    }
+  }
+
+  get lastSeq(): number {
+    return this.#cursor.lastSeq;
+  }
+
+  get pendingCount(): number {
+    return this.#pending.length;
+  }
+
+  #remember(e: events.StepEvent) {
+    this.recent.push(e);
+    if (this.recent.length > 1000) this.recent.shift();
+  }
+
+  /** Assigns the next sequence, appends durably, and returns the event. */
+  append(e: Omit<events.StepEvent, "seq" | "time" | "node">): Promise<events.StepEvent> {
+    const run = this.#appending.then(async () => {
+      const full: events.StepEvent = { ...e, node: this.node, seq: this.#cursor.lastSeq + 1, time: new Date() };
+      const fh = await open(this.#file, "a");
+      try {
+        await fh.appendFile(`${JSON.stringify(events.StepEvent.toJSON(full))}\n`);
+        await fh.datasync();
+      } finally {
+        await fh.close();
+      }
+      this.#cursor.lastSeq = full.seq;
+      this.#pending.push(full);
+      this.#remember(full);
+      this.emit("event", full);
+      return full;
+    });
+    this.#appending = run.then(
+      () => undefined,
+      () => undefined,
+    );
+    return run;
+  }
+
+  async #saveCursor(): Promise<void> {
+    const tmp = `${this.#cursorFile}.tmp`;
+    await writeFile(tmp, JSON.stringify(this.#cursor));
+    await rename(tmp, this.#cursorFile);
+  }
+
+  /** Drops delivered lines: the cursor (with lastSeq) is saved first, so seq never restarts. */
+  async #compact(): Promise<void> {
+    await this.#appending;
+    await this.#saveCursor();
+    const keep = this.#pending.map((e) => `${JSON.stringify(events.StepEvent.toJSON(e))}\n`).join("");
+    const tmp = `${this.#file}.tmp`;
+    await writeFile(tmp, keep);
+    await rename(tmp, this.#file);
+  }
+
+  /**
+   * Delivers pending events in order until `signal` aborts; waits and retries while NATS
+   * is unreachable. The server dedupes by Nats-Msg-Id; consumers also dedupe by seq.
+   */
+  async deliver(nc: NatsConnection, signal: AbortSignal, retryMs = 500): Promise<void> {
+    const js = jetstream(nc, { timeout: 5000 });
+    while (!signal.aborted) {
+      const next = this.#pending[0];
+      if (!next) {
+        await new Promise<void>((resolve) => {
+          const wake = () => {
+            this.off("event", wake);
+            signal.removeEventListener("abort", wake);
+            resolve();
+          };
+          this.on("event", wake);
+          signal.addEventListener("abort", wake, { once: true });
+        });
+        continue;
+      }
+      try {
+        const h = headers();
+        h.set("Nats-Msg-Id", eventMsgId(this.node, next.seq));
+        await js.publish(eventSubject(next.upgradeId, this.node), events.StepEvent.encode(next).finish(), { headers: h });
+      } catch {
+        await sleep(retryMs, signal).catch(() => undefined);
+        continue;
+      }
+      this.#pending.shift();
+      this.#cursor.delivered = next.seq;
+      this.emit("delivered", next.seq);
+      if (this.#pending.length === 0) await this.#compact();
+      else if (next.seq % 50 === 0) await this.#saveCursor();
+    }
+  }
+}
