@@ -1,0 +1,10 @@
+// Entry point: loadConfig → createApp → run until SIGINT/SIGTERM.
+import { serviceMain } from "@ferry/runtime";
+import { createApp } from "./app.ts";
+import { loadConfig } from "./config.ts";
+
+await serviceMain(
+  "node-daemon",
+  () => loadConfig(),
+  (config, logger) => createApp(config, logger),
+);

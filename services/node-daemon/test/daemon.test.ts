@@ -1,0 +1,156 @@
+// The node-daemon app against a real nats-server: an assignment written to KV drives an
+// install on a simulated board; the reboot restarts the daemon, which resumes from its
+// journal; its status lands in KV and its step events in JetStream, in order, across both
+// runs. Gates come from the assignment; a manual install is refused while it is active.
+import { createHash } from "node:crypto";
+import { execFileSync } from "node:child_process";
+import { writeFileSync } from "node:fs";
+import { createServer, type Server } from "node:http";
+import { join } from "node:path";
+import { zstdCompressSync } from "node:zlib";
+import { afterAll, describe, expect, it } from "vitest";
+import { pino } from "pino";
+import { jetstreamManager } from "@nats-io/jetstream";
+import { events, node as nodepb } from "@ferry/proto";
+import { createClient, status, type GrpcCallError } from "@ferry/grpc";
+import { BUCKETS, connectNats, ensureEventsStream, EVENTS_STREAM, openBucket } from "@ferry/messaging";
+import { encodeManifest, MANIFEST_TYPE } from "@ferry/release";
+import { formatKeyringJson, generateKeyPair, loadSigningKey, signEnvelope } from "@ferry/signing";
+import { NatsServer, repoRoot, tempDir, waitFor } from "@ferry/testing";
+import { createApp, type DaemonApp } from "../src/app.ts";
+import { loadConfig } from "../src/config.ts";
+import { osImage, SimBoard } from "../src/sim/board.ts";
+
+const tools = JSON.parse(
+  execFileSync(join(repoRoot, "scripts/ensure-bootloader-tools.sh"), { encoding: "utf8", stdio: ["ignore", "pipe", "inherit"] }),
+);
+const sha = (b: Buffer) => createHash("sha256").update(b).digest("hex");
+
+describe("node-daemon with NATS", () => {
+  const dir = tempDir("ferry-daemon-");
+  const key = generateKeyPair();
+  let server: Server;
+  afterAll(() => {
+    server?.close();
+    dir[Symbol.dispose]();
+  });
+
+  it("runs its assignment across the reboot, reporting status and ordered events", async () => {
+    await using nats = await NatsServer.start();
+    const nc = await connectNats({ url: nats.url, name: "planner-stand-in" });
+    await ensureEventsStream(nc);
+    const assignments = await openBucket(nc, BUCKETS.assignments);
+    const nodes = await openBucket(nc, BUCKETS.nodes);
+
+    // The image, served as the site distributor would serve it.
+    const raw = osImage("v1.34.6", "healthy", 2 * 1024 * 1024);
+    const zst = zstdCompressSync(raw);
+    server = createServer((req, res) =>
+      req.url === `/blobs/sha256/${sha(zst)}` ? res.writeHead(200, { "content-length": zst.length }).end(zst) : res.writeHead(404).end(),
+    );
+    await new Promise<void>((r) => server.listen(0, "127.0.0.1", r));
+    const distributor = `http://127.0.0.1:${(server.address() as { port: number }).port}`;
+    const manifest: events.ReleaseManifest = {
+      type: MANIFEST_TYPE,
+      version: "v1.34.6",
+      images: [
+        {
+          board: "ls1046a",
+          arch: "arm64",
+          url: "https://origin.example/x.zst",
+          format: events.Compression.COMPRESSION_ZSTD,
+          compressedSize: zst.length,
+          compressedSha256: sha(zst),
+          rawSize: raw.length,
+          rawSha256: sha(raw),
+        },
+      ],
+      allowedFrom: [],
+      notes: "",
+      expires: undefined,
+      issuedAt: undefined,
+    };
+    const envelope = signEnvelope(encodeManifest(manifest), [loadSigningKey(key.privatePem)]);
+
+    writeFileSync(join(dir.path, "keyring.json"), formatKeyringJson([key.publicPem], 1));
+    const board = await SimBoard.create(join(dir.path, "board"), tools, osImage("v1.33.5", "healthy", 256 * 1024));
+    const config = loadConfig({
+      FERRY_NODE_NAME: "edge-1.site-a",
+      FERRY_BOARD: "ls1046a",
+      FERRY_DATA_DIR: join(dir.path, "data"),
+      FERRY_NATS_URL: nats.url,
+      FERRY_GRPC_ADDR: "127.0.0.1:0",
+      FERRY_KEYRING_FILE: join(dir.path, "keyring.json"),
+      FERRY_SLOT_A: board.slotPath("A"),
+      FERRY_SLOT_B: board.slotPath("B"),
+      FERRY_DISTRIBUTOR_URL: distributor,
+      FERRY_HEARTBEAT_MS: "200",
+    });
+    const start = async (): Promise<DaemonApp> => {
+      const app = createApp(config, pino({ level: "silent" }), { platform: board.platform() });
+      await app.start();
+      return app;
+    };
+
+    let app = await start();
+    const local = createClient(nodepb.NodeServiceService, `127.0.0.1:${app.port()}`);
+    expect((await local.getStatus({})).name).toBe("edge-1.site-a");
+
+    // The planner's part: one hop, both gates granted.
+    const a: events.Assignment = {
+      upgradeId: "up-7",
+      hopIndex: 0,
+      hopCount: 1,
+      fromVersion: "v1.33.5",
+      targetVersion: "v1.34.6",
+      envelope,
+      blobDigest: sha(zst),
+      distributorUrls: [distributor],
+      originFallback: false,
+      healthTimeoutSeconds: 60,
+      rebootAllowed: true,
+      commitAllowed: true,
+      cancel: false,
+      updatedAt: new Date(),
+    };
+    await assignments.put("edge-1.site-a", events.Assignment.encode(a).finish());
+    await waitFor(async () => (await app.idle()) === "rebooting", { timeoutMs: 20_000, what: "the reboot request" });
+
+    // A manual install is refused while the assignment is active.
+    const refused = await local.install({ envelope, url: "" }).catch((e: GrpcCallError) => e);
+    expect(status[(refused as GrpcCallError).code]).toBe("FAILED_PRECONDITION");
+    local.close();
+
+    // The board reboots: the bootloader boots the trial slot and the daemon starts again.
+    await app.stop(AbortSignal.timeout(5000));
+    expect(await board.powerOn()).toBe("B");
+    app = await start();
+    await waitFor(async () => (await app.idle()) === "committed", { timeoutMs: 20_000, what: "the commit" });
+
+    await waitFor(
+      async () => {
+        const e = await nodes.get("edge-1.site-a");
+        return e && events.NodeStatus.decode(e.value).currentVersion === "v1.34.6";
+      },
+      { what: "the status heartbeat with the new version" },
+    );
+    const st = events.NodeStatus.decode((await nodes.get("edge-1.site-a"))!.value);
+    expect(st).toMatchObject({ board: "ls1046a", bootedSlot: events.Slot.SLOT_B, state: events.NodeState.NODE_STATE_IDLE });
+
+    // Every step event reached JetStream, in order, with no gap or duplicate across the restart.
+    const jsm = await jetstreamManager(nc);
+    await waitFor(async () => (await jsm.streams.info(EVENTS_STREAM)).state.messages >= st.lastSeq, { what: "all events delivered" });
+    const info = await jsm.streams.info(EVENTS_STREAM);
+    const got: events.StepEvent[] = [];
+    for (let s = info.state.first_seq; s <= info.state.last_seq; s++)
+      got.push(events.StepEvent.decode((await jsm.streams.getMessage(EVENTS_STREAM, { seq: s }))!.data));
+    expect(got.map((e) => e.seq)).toEqual(Array.from({ length: got.length }, (_, i) => i + 1));
+    const done = got.filter((e) => e.state === events.StepState.STEP_STATE_SUCCEEDED).map((e) => e.step);
+    expect(done).toContain(events.StepName.STEP_NAME_REBOOT);
+    expect(done.at(-1)).toBe(events.StepName.STEP_NAME_REPORT);
+    expect(got.every((e) => e.upgradeId === "up-7" && e.node === "edge-1.site-a")).toBe(true);
+
+    await app.stop(AbortSignal.timeout(5000));
+    await nc.close();
+  });
+});
