@@ -64,6 +64,11 @@ export class SimBoard {
     return b;
   }
 
+  /** An existing board directory (after a restart of the simulator). */
+  static open(dir: string, tools: BootloaderTools): SimBoard {
+    return new SimBoard(dir, tools);
+  }
+
   slotPath(slot: SlotName): string {
     return join(this.dir, slot === "A" ? "slot-a" : "slot-b");
   }
