@@ -263,6 +263,17 @@ export function createApp(config: Config, logger: Logger, over: DaemonOverrides 
     idle: async () => (running ? running : lastOutcome),
     async start() {
       await outbox.open();
+      if (!(await state.read()) && config.osVersion) {
+        // First start on this board: what runs now is the committed version.
+        const booted = await platform.bootedSlot();
+        await state.write({
+          committedVersion: config.osVersion,
+          committedSlot: booted,
+          slots: { [booted]: { version: config.osVersion, state: "good", rawSha256: "" } },
+          highWater: undefined,
+          lastResult: undefined,
+        });
+      }
       grpc.add(nodepb.NodeServiceService, service);
       await grpc.start();
       grpc.health.set(true); // answers locally whatever NATS does

@@ -30,6 +30,10 @@ const vars = {
     'JSON list of checks: [{"cmd": "...", "timeoutMs": 5000} | {"http": "http://...", "timeoutMs": 5000}]',
     "[]",
   ),
+  osVersion: v.optionalString(
+    "FERRY_OS_VERSION",
+    "the version the running OS image ships (seeds the committed version before the first Ferry install)",
+  ),
   heartbeatMs: v.int("FERRY_HEARTBEAT_MS", "status heartbeat interval", 5000, 100),
 };
 

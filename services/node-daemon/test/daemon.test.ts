@@ -153,4 +153,99 @@ describe("node-daemon with NATS", () => {
     await app.stop(AbortSignal.timeout(5000));
     await nc.close();
   });
+
+  it("serves a manual install over NodeService: Install, WatchEvents, refusals, Rollback", async () => {
+    await using nats = await NatsServer.start();
+    using d = tempDir("ferry-manual-");
+    const raw = osImage("v1.34.6", "healthy", 1024 * 1024);
+    const zst = zstdCompressSync(raw);
+    const srv = createServer((_req, res) => res.writeHead(200, { "content-length": zst.length }).end(zst));
+    await new Promise<void>((r) => srv.listen(0, "127.0.0.1", r));
+    const url = `http://127.0.0.1:${(srv.address() as { port: number }).port}/img.zst`;
+    const manifest: events.ReleaseManifest = {
+      type: MANIFEST_TYPE,
+      version: "v1.34.6",
+      images: [
+        {
+          board: "ls1046a",
+          arch: "arm64",
+          url,
+          format: events.Compression.COMPRESSION_ZSTD,
+          compressedSize: zst.length,
+          compressedSha256: sha(zst),
+          rawSize: raw.length,
+          rawSha256: sha(raw),
+        },
+      ],
+      allowedFrom: [],
+      notes: "",
+      expires: undefined,
+      issuedAt: undefined,
+    };
+    const envelope = signEnvelope(encodeManifest(manifest), [loadSigningKey(key.privatePem)]);
+    writeFileSync(join(d.path, "keyring.json"), formatKeyringJson([key.publicPem], 1));
+    const board = await SimBoard.create(join(d.path, "board"), tools, osImage("v1.33.5", "healthy", 256 * 1024));
+    const config = loadConfig({
+      FERRY_NODE_NAME: "edge-2",
+      FERRY_OS_VERSION: "v1.33.5",
+      FERRY_BOARD: "ls1046a",
+      FERRY_DATA_DIR: join(d.path, "data"),
+      FERRY_NATS_URL: nats.url,
+      FERRY_GRPC_ADDR: "127.0.0.1:0",
+      FERRY_KEYRING_FILE: join(d.path, "keyring.json"),
+      FERRY_SLOT_A: board.slotPath("A"),
+      FERRY_SLOT_B: board.slotPath("B"),
+    });
+    let app = createApp(config, pino({ level: "silent" }), { platform: board.platform() });
+    await app.start();
+    let local = createClient(nodepb.NodeServiceService, `127.0.0.1:${app.port()}`);
+    const code = (p: Promise<unknown>) =>
+      p.then(
+        () => "OK",
+        (e: GrpcCallError) => status[e.code],
+      );
+    expect(await code(local.commit({}))).toBe("FAILED_PRECONDITION");
+    expect(await code(local.rollback({ reason: "x" }))).toBe("FAILED_PRECONDITION");
+    expect(await code(local.install({ envelope: undefined, url: "" }))).toBe("INVALID_ARGUMENT");
+
+    const watched: events.StepEvent[] = [];
+    const ac = new AbortController();
+    const watching = (async () => {
+      for await (const e of local.watchEvents({ afterSeq: 0 }, { signal: ac.signal })) watched.push(e);
+    })().catch(() => undefined);
+    const { upgradeId } = await local.install({ envelope, url: "" });
+    expect(upgradeId).toMatch(/^manual-/);
+    expect(await code(local.install({ envelope, url: "" }))).toBe("FAILED_PRECONDITION"); // one at a time
+    await waitFor(async () => (await app.idle()) === "rebooting", { timeoutMs: 20_000 });
+    expect(watched.map((e) => e.seq)).toEqual(Array.from({ length: watched.length }, (_, k) => k + 1));
+    expect(watched.some((e) => e.step === events.StepName.STEP_NAME_WRITE_SLOT && e.state === events.StepState.STEP_STATE_PROGRESS)).toBe(true);
+    ac.abort();
+    await watching;
+    local.close();
+    await app.stop(AbortSignal.timeout(5000));
+
+    // After the reboot the operator asks for a rollback while the trial runs.
+    expect(await board.powerOn()).toBe("B");
+    board.platform().health = async () => ({ ok: true, message: "" });
+    const slowBoard = { ...board.platform(), postBoot: () => new Promise<void>((r) => setTimeout(r, 1500)) };
+    app = createApp(config, pino({ level: "silent" }), { platform: slowBoard });
+    await app.start();
+    local = createClient(nodepb.NodeServiceService, `127.0.0.1:${app.port()}`);
+    await waitFor(async () => (await local.getStatus({})).state === events.NodeState.NODE_STATE_TRIAL, { what: "the trial" });
+    await local.rollback({ reason: "operator changed their mind" });
+    await waitFor(async () => (await app.idle()) === "rebooting", { timeoutMs: 10_000, what: "the rollback reboot" });
+    local.close();
+    await app.stop(AbortSignal.timeout(5000));
+    expect(await board.powerOn()).toBe("A");
+    app = createApp(config, pino({ level: "silent" }), { platform: board.platform() });
+    await app.start();
+    await waitFor(async () => (await app.idle()) === "rolled-back", { timeoutMs: 10_000, what: "the rollback to finish" });
+    local = createClient(nodepb.NodeServiceService, `127.0.0.1:${app.port()}`);
+    const st = await local.getStatus({});
+    expect(st).toMatchObject({ currentVersion: "v1.33.5", bootedSlot: events.Slot.SLOT_A, state: events.NodeState.NODE_STATE_FAILED });
+    expect(st.message).toMatch(/rolled-back v1.34.6: cancelled/);
+    local.close();
+    await app.stop(AbortSignal.timeout(5000));
+    srv.close();
+  });
 });

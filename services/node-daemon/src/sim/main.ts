@@ -42,6 +42,7 @@ const env = {
   FERRY_FW_SETENV: tools.fwSetenv,
   FERRY_TOOL_LD_LIBRARY_PATH: tools.ldLibraryPath,
   FERRY_REBOOT_CMD: "exit",
+  FERRY_OS_VERSION: process.env.FERRY_SIM_INITIAL_VERSION ?? "v1.33.5",
   // The simulated OS is healthy when its image's marker says so.
   FERRY_HEALTH_CHECKS: JSON.stringify([
     { cmd: `. '${join(dir, "run", "boot-state.env")}' && head -c 80 "$ROOT_DEV" | head -n 1 | grep -q ' healthy$'`, timeoutMs: 5000 },
