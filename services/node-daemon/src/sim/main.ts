@@ -2,7 +2,7 @@
 // what U-Boot does at power-on, on the real environment file), then starts the
 // node-daemon as "the booted OS". When the daemon asks to reboot (exit code 75) it
 // power-cycles and starts it again; when the daemon dies otherwise it restarts it, as
-// systemd would. SIGTERM stops both.
+// systemd would (except after a configuration error, exit 2). SIGTERM stops both.
 //   FERRY_SIM_DIR              the board's directory (slots, env file, run/boot-state.env)
 //   FERRY_SIM_INITIAL_VERSION  version in slot A when the board is created (default v1.33.5)
 //   FERRY_SIM_TOOLS            JSON from scripts/ensure-bootloader-tools.sh (else it is run)
@@ -67,6 +67,10 @@ function startDaemon(): void {
     if (code === 75) {
       log("reboot requested");
       void boot();
+    } else if (code === 2) {
+      // A configuration error: restarting cannot help (systemd's RestartPreventExitStatus).
+      log("daemon refused its configuration; stopping");
+      process.exit(2);
     } else {
       log("daemon died; restarting it", { code, signal });
       setTimeout(startDaemon, 200);
