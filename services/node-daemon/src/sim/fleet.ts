@@ -1,0 +1,243 @@
+// A fast simulated fleet: many boards in one process that speak the real protocol —
+// NodeStatus heartbeats in KV `ferry_nodes`, assignments watched in `ferry_assignments`
+// with their gates, step events published to JetStream with `Nats-Msg-Id <node>:<seq>` —
+// but skip the slow parts (no download, no slot write, a short "reboot"). For the
+// planner's tests and its 1,000-node benchmark. Behaviours make a board fail its health
+// check or never come up, so rollbacks can be driven at scale.
+import { jetstream } from "@nats-io/jetstream";
+import { headers } from "@nats-io/nats-core";
+import { events } from "@ferry/proto";
+import { BUCKETS, eventMsgId, eventSubject, openBucket, type KV, type NatsConnection } from "@ferry/messaging";
+import { sleep } from "@ferry/runtime";
+
+export type FleetBehaviour = "healthy" | "fails-health" | "never-boots";
+
+export interface FleetBoard {
+  name: string;
+  board: string;
+  role: "control-plane" | "worker";
+  version: string;
+  behaviour: FleetBehaviour;
+}
+
+export interface FleetOptions {
+  heartbeatMs?: number;
+  /** Time each simulated step takes (the write is two of them). */
+  stepMs?: number;
+  /** How often a board waiting at a gate looks at its assignment again. */
+  gatePollMs?: number;
+}
+
+const { StepName: S, StepState: T } = events;
+const BEFORE_REBOOT = [S.STEP_NAME_PREFLIGHT, S.STEP_NAME_VERIFY_MANIFEST, S.STEP_NAME_WRITE_SLOT, S.STEP_NAME_FSYNC, S.STEP_NAME_READBACK_VERIFY];
+const AFTER_REBOOT = [S.STEP_NAME_CONFIRM_BOOTED_SLOT, S.STEP_NAME_POST_BOOT, S.STEP_NAME_HEALTH_CHECK];
+
+interface Sim extends FleetBoard {
+  seq: number;
+  slot: events.Slot;
+  state: events.NodeState;
+  assignment: events.Assignment | undefined;
+  busy: boolean;
+  done: Set<string>;
+  message: string;
+}
+
+export class SimFleet {
+  readonly boards = new Map<string, Sim>();
+  readonly #nc: NatsConnection;
+  readonly #o: Required<FleetOptions>;
+  readonly #stop = new AbortController();
+  #nodes: KV | undefined;
+
+  constructor(nc: NatsConnection, boards: FleetBoard[], o: FleetOptions = {}) {
+    this.#nc = nc;
+    this.#o = { heartbeatMs: 5000, stepMs: 5, gatePollMs: 50, ...o };
+    for (const b of boards) {
+      this.boards.set(b.name, {
+        ...b,
+        seq: 0,
+        slot: events.Slot.SLOT_A,
+        state: events.NodeState.NODE_STATE_IDLE,
+        assignment: undefined,
+        busy: false,
+        done: new Set(),
+        message: "",
+      });
+    }
+  }
+
+  async start(): Promise<void> {
+    this.#nodes = await openBucket(this.#nc, BUCKETS.nodes);
+    const assignments = await openBucket(this.#nc, BUCKETS.assignments);
+    await Promise.all([...this.boards.values()].map((b) => this.#heartbeat(b)));
+    const timer = setInterval(() => {
+      for (const b of this.boards.values()) void this.#heartbeat(b);
+    }, this.#o.heartbeatMs);
+    this.#stop.signal.addEventListener("abort", () => clearInterval(timer), { once: true });
+    const watcher = await assignments.watch({ key: ">" });
+    this.#stop.signal.addEventListener("abort", () => watcher.stop(), { once: true });
+    void (async () => {
+      for await (const e of watcher) {
+        const b = this.boards.get(e.key);
+        if (!b) continue;
+        b.assignment = e.operation === "PUT" && e.value.length > 0 ? events.Assignment.decode(e.value) : undefined;
+        const a = b.assignment;
+        if (a && !a.cancel && !b.busy && !b.done.has(`${a.upgradeId}/${a.hopIndex}`) && b.version !== a.targetVersion) void this.#install(b, a);
+      }
+    })();
+  }
+
+  stop(): void {
+    this.#stop.abort();
+  }
+
+  status(b: Sim): events.NodeStatus {
+    return {
+      name: b.name,
+      board: b.board,
+      arch: "arm64",
+      role: b.role === "control-plane" ? events.Role.ROLE_CONTROL_PLANE : events.Role.ROLE_WORKER,
+      currentVersion: b.version,
+      bootedSlot: b.slot,
+      slots: [],
+      daemonVersion: "sim",
+      lastHeartbeat: new Date(),
+      labels: { "ferry.dev/simulated": "true" },
+      state: b.state,
+      distributorUrl: "",
+      upgradeId: b.assignment?.upgradeId ?? "",
+      hopIndex: b.assignment?.hopIndex ?? 0,
+      lastSeq: b.seq,
+      message: b.message,
+    };
+  }
+
+  async #heartbeat(b: Sim): Promise<void> {
+    try {
+      await this.#nodes?.put(b.name, events.NodeStatus.encode(this.status(b)).finish());
+    } catch {
+      // NATS away: the next beat will do
+    }
+  }
+
+  async #emit(b: Sim, a: events.Assignment, step: events.StepName, state: events.StepState, extra: Partial<events.StepEvent> = {}): Promise<void> {
+    b.seq += 1;
+    const e: events.StepEvent = {
+      upgradeId: a.upgradeId,
+      node: b.name,
+      hopIndex: a.hopIndex,
+      fromVersion: b.version,
+      toVersion: a.targetVersion,
+      step,
+      state,
+      bytesDone: 0,
+      bytesTotal: 0,
+      rate: 0,
+      etaSeconds: 0,
+      message: "",
+      errorCode: "",
+      seq: b.seq,
+      time: new Date(),
+      ...extra,
+    };
+    const h = headers();
+    h.set("Nats-Msg-Id", eventMsgId(b.name, e.seq));
+    for (;;) {
+      try {
+        await jetstream(this.#nc).publish(eventSubject(a.upgradeId, b.name), events.StepEvent.encode(e).finish(), { headers: h });
+        return;
+      } catch {
+        if (this.#stop.signal.aborted) return;
+        await sleep(200);
+      }
+    }
+  }
+
+  async #gate(b: Sim, ok: (a: events.Assignment) => boolean, deadline?: number): Promise<"granted" | "cancelled" | "timeout"> {
+    for (;;) {
+      const a = b.assignment;
+      if (!a || a.cancel) return "cancelled";
+      if (ok(a)) return "granted";
+      if (deadline !== undefined && Date.now() > deadline) return "timeout";
+      await sleep(this.#o.gatePollMs);
+    }
+  }
+
+  async #install(b: Sim, a: events.Assignment): Promise<void> {
+    b.busy = true;
+    const key = `${a.upgradeId}/${a.hopIndex}`;
+    const step = async (s: events.StepName, extra: Partial<events.StepEvent> = {}) => {
+      await this.#emit(b, a, s, T.STEP_STATE_STARTED);
+      await sleep(this.#o.stepMs);
+      await this.#emit(b, a, s, T.STEP_STATE_SUCCEEDED, extra);
+    };
+    const finish = async (outcome: "committed" | "rolled-back" | "failed", code = "", message = "") => {
+      b.done.add(key);
+      b.state = outcome === "committed" ? events.NodeState.NODE_STATE_IDLE : events.NodeState.NODE_STATE_FAILED;
+      b.message = outcome === "committed" ? "" : `${outcome}: ${message}`;
+      await this.#emit(b, a, S.STEP_NAME_REPORT, outcome === "committed" ? T.STEP_STATE_SUCCEEDED : T.STEP_STATE_FAILED, {
+        errorCode: code,
+        message: message || `committed ${a.targetVersion}`,
+      });
+      b.busy = false;
+      await this.#heartbeat(b);
+    };
+    try {
+      b.state = events.NodeState.NODE_STATE_UPGRADING;
+      await this.#heartbeat(b);
+      for (const s of BEFORE_REBOOT) {
+        if (s === S.STEP_NAME_WRITE_SLOT) {
+          await this.#emit(b, a, s, T.STEP_STATE_STARTED);
+          await this.#emit(b, a, s, T.STEP_STATE_PROGRESS, { bytesDone: 50, bytesTotal: 100 });
+          await sleep(this.#o.stepMs);
+          await this.#emit(b, a, s, T.STEP_STATE_SUCCEEDED, { bytesDone: 100, bytesTotal: 100 });
+        } else await step(s);
+      }
+      b.state = events.NodeState.NODE_STATE_WAITING_REBOOT;
+      await this.#heartbeat(b);
+      await this.#emit(b, a, S.STEP_NAME_REBOOT_GATE, T.STEP_STATE_STARTED);
+      if ((await this.#gate(b, (x) => x.rebootAllowed)) !== "granted") return await finish("failed", "CANCELLED", "cancelled before the reboot");
+      await this.#emit(b, a, S.STEP_NAME_REBOOT_GATE, T.STEP_STATE_SUCCEEDED);
+      await step(S.STEP_NAME_SWITCH_BOOT_SLOT);
+      await step(S.STEP_NAME_REBOOT);
+      const old = b.slot;
+      b.slot = old === events.Slot.SLOT_A ? events.Slot.SLOT_B : events.Slot.SLOT_A;
+      b.state = events.NodeState.NODE_STATE_TRIAL;
+      await sleep(this.#o.stepMs * 4);
+      if (b.behaviour === "never-boots") {
+        b.slot = old;
+        await this.#emit(b, a, S.STEP_NAME_CONFIRM_BOOTED_SLOT, T.STEP_STATE_FAILED, {
+          errorCode: "TRIAL_DID_NOT_BOOT",
+          message: "the bootloader fell back",
+        });
+        return await finish("rolled-back", "TRIAL_DID_NOT_BOOT", "the trial slot did not come up; the bootloader fell back");
+      }
+      for (const s of AFTER_REBOOT) {
+        if (s === S.STEP_NAME_HEALTH_CHECK && b.behaviour === "fails-health") {
+          await this.#emit(b, a, s, T.STEP_STATE_FAILED, { errorCode: "HEALTH_FAILED", message: "simulated health failure" });
+          await step(S.STEP_NAME_ROLLBACK);
+          b.slot = old;
+          return await finish("rolled-back", "HEALTH_FAILED", "health check failed: simulated health failure");
+        }
+        await step(s);
+      }
+      b.state = events.NodeState.NODE_STATE_WAITING_COMMIT;
+      await this.#heartbeat(b);
+      await this.#emit(b, a, S.STEP_NAME_COMMIT_GATE, T.STEP_STATE_STARTED);
+      const g = await this.#gate(b, (x) => x.commitAllowed, Date.now() + (a.healthTimeoutSeconds || 600) * 1000);
+      if (g !== "granted") {
+        await this.#emit(b, a, S.STEP_NAME_COMMIT_GATE, T.STEP_STATE_FAILED, { errorCode: g === "timeout" ? "COMMIT_TIMEOUT" : "CANCELLED" });
+        await step(S.STEP_NAME_ROLLBACK);
+        b.slot = old;
+        return await finish("rolled-back", g === "timeout" ? "COMMIT_TIMEOUT" : "CANCELLED", `no commit grant (${g})`);
+      }
+      await this.#emit(b, a, S.STEP_NAME_COMMIT_GATE, T.STEP_STATE_SUCCEEDED);
+      await step(S.STEP_NAME_COMMIT);
+      b.version = a.targetVersion;
+      await finish("committed");
+    } catch (err) {
+      b.busy = false;
+      b.message = (err as Error).message;
+    }
+  }
+}
