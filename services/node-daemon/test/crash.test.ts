@@ -7,21 +7,19 @@ import { execFileSync } from "node:child_process";
 import { readFileSync, writeFileSync } from "node:fs";
 import { createServer, type Server } from "node:http";
 import { join } from "node:path";
-import { zstdCompressSync } from "node:zlib";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { jetstream } from "@nats-io/jetstream";
 import { events } from "@ferry/proto";
 import { BUCKETS, connectNats, encodeToken, ensureEventsStream, EVENTS_STREAM, openBucket, type KV, type NatsConnection } from "@ferry/messaging";
-import { encodeManifest, MANIFEST_TYPE } from "@ferry/release";
-import { formatKeyringJson, generateKeyPair, loadSigningKey, signEnvelope } from "@ferry/signing";
+import { formatKeyringJson, generateKeyPair, loadSigningKey } from "@ferry/signing";
 import { NatsServer, repoRoot, ServiceProcess, tempDir, waitFor } from "@ferry/testing";
-import { osImage, SimBoard } from "../src/sim/board.ts";
+import { SimBoard } from "../src/sim/board.ts";
+import { assignment, sha, signedRelease } from "./fixtures.ts";
 
 const toolsJson = execFileSync(join(repoRoot, "scripts/ensure-bootloader-tools.sh"), {
   encoding: "utf8",
   stdio: ["ignore", "pipe", "inherit"],
 }).trim();
-const sha = (b: Buffer) => createHash("sha256").update(b).digest("hex");
 const { StepName: S, StepState: T } = events;
 
 type KillPoint = [string, (e: events.StepEvent) => boolean];
@@ -47,29 +45,7 @@ describe("kill -9 of the node-daemon", () => {
   let nodes: KV;
   let server: Server;
   let distributor = "";
-  const raw = osImage("v1.34.6", "healthy", 6 * 1024 * 1024);
-  const zst = zstdCompressSync(raw);
-  const manifest: events.ReleaseManifest = {
-    type: MANIFEST_TYPE,
-    version: "v1.34.6",
-    images: [
-      {
-        board: "ls1046a",
-        arch: "arm64",
-        url: "https://origin.example/x.zst",
-        format: events.Compression.COMPRESSION_ZSTD,
-        compressedSize: zst.length,
-        compressedSha256: sha(zst),
-        rawSize: raw.length,
-        rawSha256: sha(raw),
-      },
-    ],
-    allowedFrom: [],
-    notes: "",
-    expires: undefined,
-    issuedAt: undefined,
-  };
-  const envelope = signEnvelope(encodeManifest(manifest), [loadSigningKey(key.privatePem)]);
+  const { raw, zst, envelope } = signedRelease([loadSigningKey(key.privatePem)], "v1.34.6", "healthy", { size: 6 * 1024 * 1024 });
 
   beforeAll(async () => {
     writeFileSync(join(dir.path, "keyring.json"), formatKeyringJson([key.publicPem], 1));
@@ -139,22 +115,7 @@ describe("kill -9 of the node-daemon", () => {
         }
       })();
 
-      const a: events.Assignment = {
-        upgradeId,
-        hopIndex: 0,
-        hopCount: 1,
-        fromVersion: "v1.33.5",
-        targetVersion: "v1.34.6",
-        envelope,
-        blobDigest: sha(zst),
-        distributorUrls: [distributor],
-        originFallback: false,
-        healthTimeoutSeconds: 60,
-        rebootAllowed: true,
-        commitAllowed: true,
-        cancel: false,
-        updatedAt: new Date(),
-      };
+      const a = assignment({ upgradeId, envelope, blobDigest: sha(zst), distributorUrls: [distributor] });
       await assignments.put(node, events.Assignment.encode(a).finish());
       await waitFor(
         async () => {

@@ -2,29 +2,26 @@
 // install on a simulated board; the reboot restarts the daemon, which resumes from its
 // journal; its status lands in KV and its step events in JetStream, in order, across both
 // runs. Gates come from the assignment; a manual install is refused while it is active.
-import { createHash } from "node:crypto";
 import { execFileSync } from "node:child_process";
 import { writeFileSync } from "node:fs";
 import { createServer, type Server } from "node:http";
 import { join } from "node:path";
-import { zstdCompressSync } from "node:zlib";
 import { afterAll, describe, expect, it } from "vitest";
 import { pino } from "pino";
 import { jetstreamManager } from "@nats-io/jetstream";
 import { events, node as nodepb } from "@ferry/proto";
 import { createClient, status, type GrpcCallError } from "@ferry/grpc";
 import { BUCKETS, connectNats, ensureEventsStream, EVENTS_STREAM, openBucket } from "@ferry/messaging";
-import { encodeManifest, MANIFEST_TYPE } from "@ferry/release";
-import { formatKeyringJson, generateKeyPair, loadSigningKey, signEnvelope } from "@ferry/signing";
+import { formatKeyringJson, generateKeyPair, loadSigningKey } from "@ferry/signing";
 import { NatsServer, repoRoot, tempDir, waitFor } from "@ferry/testing";
 import { createApp, type DaemonApp } from "../src/app.ts";
 import { loadConfig } from "../src/config.ts";
 import { osImage, SimBoard } from "../src/sim/board.ts";
+import { assignment, sha, signedRelease } from "./fixtures.ts";
 
 const tools = JSON.parse(
   execFileSync(join(repoRoot, "scripts/ensure-bootloader-tools.sh"), { encoding: "utf8", stdio: ["ignore", "pipe", "inherit"] }),
 );
-const sha = (b: Buffer) => createHash("sha256").update(b).digest("hex");
 
 describe("node-daemon with NATS", () => {
   const dir = tempDir("ferry-daemon-");
@@ -43,34 +40,12 @@ describe("node-daemon with NATS", () => {
     const nodes = await openBucket(nc, BUCKETS.nodes);
 
     // The image, served as the site distributor would serve it.
-    const raw = osImage("v1.34.6", "healthy", 2 * 1024 * 1024);
-    const zst = zstdCompressSync(raw);
+    const { zst, envelope } = signedRelease([loadSigningKey(key.privatePem)], "v1.34.6", "healthy");
     server = createServer((req, res) =>
       req.url === `/blobs/sha256/${sha(zst)}` ? res.writeHead(200, { "content-length": zst.length }).end(zst) : res.writeHead(404).end(),
     );
     await new Promise<void>((r) => server.listen(0, "127.0.0.1", r));
     const distributor = `http://127.0.0.1:${(server.address() as { port: number }).port}`;
-    const manifest: events.ReleaseManifest = {
-      type: MANIFEST_TYPE,
-      version: "v1.34.6",
-      images: [
-        {
-          board: "ls1046a",
-          arch: "arm64",
-          url: "https://origin.example/x.zst",
-          format: events.Compression.COMPRESSION_ZSTD,
-          compressedSize: zst.length,
-          compressedSha256: sha(zst),
-          rawSize: raw.length,
-          rawSha256: sha(raw),
-        },
-      ],
-      allowedFrom: [],
-      notes: "",
-      expires: undefined,
-      issuedAt: undefined,
-    };
-    const envelope = signEnvelope(encodeManifest(manifest), [loadSigningKey(key.privatePem)]);
 
     writeFileSync(join(dir.path, "keyring.json"), formatKeyringJson([key.publicPem], 1));
     const board = await SimBoard.create(join(dir.path, "board"), tools, osImage("v1.33.5", "healthy", 256 * 1024));
@@ -97,22 +72,7 @@ describe("node-daemon with NATS", () => {
     expect((await local.getStatus({})).name).toBe("edge-1.site-a");
 
     // The planner's part: one hop, both gates granted.
-    const a: events.Assignment = {
-      upgradeId: "up-7",
-      hopIndex: 0,
-      hopCount: 1,
-      fromVersion: "v1.33.5",
-      targetVersion: "v1.34.6",
-      envelope,
-      blobDigest: sha(zst),
-      distributorUrls: [distributor],
-      originFallback: false,
-      healthTimeoutSeconds: 60,
-      rebootAllowed: true,
-      commitAllowed: true,
-      cancel: false,
-      updatedAt: new Date(),
-    };
+    const a = assignment({ upgradeId: "up-7", envelope, blobDigest: sha(zst), distributorUrls: [distributor] });
     await assignments.put("edge-1.site-a", events.Assignment.encode(a).finish());
     await waitFor(async () => (await app.idle()) === "rebooting", { timeoutMs: 20_000, what: "the reboot request" });
 
@@ -157,32 +117,10 @@ describe("node-daemon with NATS", () => {
   it("serves a manual install over NodeService: Install, WatchEvents, refusals, Rollback", async () => {
     await using nats = await NatsServer.start();
     using d = tempDir("ferry-manual-");
-    const raw = osImage("v1.34.6", "healthy", 1024 * 1024);
-    const zst = zstdCompressSync(raw);
     const srv = createServer((_req, res) => res.writeHead(200, { "content-length": zst.length }).end(zst));
     await new Promise<void>((r) => srv.listen(0, "127.0.0.1", r));
     const url = `http://127.0.0.1:${(srv.address() as { port: number }).port}/img.zst`;
-    const manifest: events.ReleaseManifest = {
-      type: MANIFEST_TYPE,
-      version: "v1.34.6",
-      images: [
-        {
-          board: "ls1046a",
-          arch: "arm64",
-          url,
-          format: events.Compression.COMPRESSION_ZSTD,
-          compressedSize: zst.length,
-          compressedSha256: sha(zst),
-          rawSize: raw.length,
-          rawSha256: sha(raw),
-        },
-      ],
-      allowedFrom: [],
-      notes: "",
-      expires: undefined,
-      issuedAt: undefined,
-    };
-    const envelope = signEnvelope(encodeManifest(manifest), [loadSigningKey(key.privatePem)]);
+    const { zst, envelope } = signedRelease([loadSigningKey(key.privatePem)], "v1.34.6", "healthy", { size: 1024 * 1024, url });
     writeFileSync(join(d.path, "keyring.json"), formatKeyringJson([key.publicPem], 1));
     const board = await SimBoard.create(join(d.path, "board"), tools, osImage("v1.33.5", "healthy", 256 * 1024));
     const config = loadConfig({

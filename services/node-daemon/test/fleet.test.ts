@@ -5,24 +5,10 @@ import { events } from "@ferry/proto";
 import { BUCKETS, connectNats, ensureEventsStream, EVENTS_STREAM, openBucket } from "@ferry/messaging";
 import { NatsServer, waitFor } from "@ferry/testing";
 import { SimFleet, type FleetBoard } from "../src/sim/fleet.ts";
+import { assignment } from "./fixtures.ts";
 
-const assignment = (node: string, over: Partial<events.Assignment> = {}): events.Assignment => ({
-  upgradeId: "up-f",
-  hopIndex: 0,
-  hopCount: 1,
-  fromVersion: "v1.33.5",
-  targetVersion: "v1.34.6",
-  envelope: undefined,
-  blobDigest: "a".repeat(64),
-  distributorUrls: [],
-  originFallback: false,
-  healthTimeoutSeconds: 2,
-  rebootAllowed: true,
-  commitAllowed: true,
-  cancel: false,
-  updatedAt: new Date(),
-  ...over,
-});
+const forNode = (over: Partial<events.Assignment> = {}) =>
+  assignment({ upgradeId: "up-f", blobDigest: "a".repeat(64), healthTimeoutSeconds: 2, ...over });
 
 describe("SimFleet", () => {
   it("heartbeats 200 boards, runs assignments with their gates, and rolls back by behaviour", async () => {
@@ -43,12 +29,12 @@ describe("SimFleet", () => {
     expect((await nodes.status()).values).toBe(200);
 
     // n1 waits at the reboot gate until it is granted.
-    await assignments.put("n1.site", events.Assignment.encode(assignment("n1.site", { rebootAllowed: false })).finish());
+    await assignments.put("n1.site", events.Assignment.encode(forNode({ rebootAllowed: false })).finish());
     await waitFor(async () => events.NodeStatus.decode((await nodes.get("n1.site"))!.value).state === events.NodeState.NODE_STATE_WAITING_REBOOT);
-    await assignments.put("n1.site", events.Assignment.encode(assignment("n1.site")).finish());
-    for (const n of ["n2.site", "n3.site", "n4.site"]) await assignments.put(n, events.Assignment.encode(assignment(n)).finish());
+    await assignments.put("n1.site", events.Assignment.encode(forNode()).finish());
+    for (const n of ["n2.site", "n3.site", "n4.site"]) await assignments.put(n, events.Assignment.encode(forNode()).finish());
     // n5 never gets the commit grant: rolled back at the health timeout.
-    await assignments.put("n5.site", events.Assignment.encode(assignment("n5.site", { commitAllowed: false })).finish());
+    await assignments.put("n5.site", events.Assignment.encode(forNode({ commitAllowed: false })).finish());
 
     const st = async (n: string) => events.NodeStatus.decode((await nodes.get(n))!.value);
     await waitFor(async () => (await st("n1.site")).currentVersion === "v1.34.6" && (await st("n4.site")).currentVersion === "v1.34.6", {

@@ -1,25 +1,22 @@
 // Whole installs on a simulated board with the real U-Boot tools: healthy → commit;
 // unhealthy → rollback with the reason; never comes up → the bootloader falls back; bad
 // releases refused before any write; gates withheld; resuming after a crash mid-way.
-import { createHash } from "node:crypto";
 import { execFileSync } from "node:child_process";
 import { readFileSync, writeFileSync } from "node:fs";
 import { createServer, type Server } from "node:http";
 import { join } from "node:path";
-import { zstdCompressSync } from "node:zlib";
 import { afterEach, describe, expect, it } from "vitest";
 import { events } from "@ferry/proto";
-import { encodeManifest, MANIFEST_TYPE } from "@ferry/release";
-import { createKeyring, generateKeyPair, loadSigningKey, signEnvelope, type SigningKey } from "@ferry/signing";
+import { createKeyring, generateKeyPair, loadSigningKey, type SigningKey } from "@ferry/signing";
 import { repoRoot, tempDir } from "@ferry/testing";
 import { AtomicJsonFile } from "../src/adapters/journal.ts";
 import { osImage, SimBoard, type Behaviour } from "../src/sim/board.ts";
+import { signedRelease } from "./fixtures.ts";
 import { Runner, type Gates, type Journal, type NodeState, type RunOutcome } from "../src/steps/runner.ts";
 
 const tools = JSON.parse(
   execFileSync(join(repoRoot, "scripts/ensure-bootloader-tools.sh"), { encoding: "utf8", stdio: ["ignore", "pipe", "inherit"] }),
 );
-const sha = (b: Buffer) => createHash("sha256").update(b).digest("hex");
 const BOARD = "ls1046a";
 const key = generateKeyPair();
 const signer = loadSigningKey(key.privatePem);
@@ -46,31 +43,8 @@ async function origin(files: Map<string, Buffer>) {
   return { base: `http://127.0.0.1:${(s.address() as { port: number }).port}`, requests };
 }
 
-function release(version: string, behaviour: Behaviour, opts: { board?: string; keys?: SigningKey[]; expires?: Date } = {}) {
-  const raw = osImage(version, behaviour, 2 * 1024 * 1024);
-  const zst = zstdCompressSync(raw);
-  const manifest: events.ReleaseManifest = {
-    type: MANIFEST_TYPE,
-    version,
-    images: [
-      {
-        board: opts.board ?? BOARD,
-        arch: "arm64",
-        url: `https://origin.example/${version}.img.zst`,
-        format: events.Compression.COMPRESSION_ZSTD,
-        compressedSize: zst.length,
-        compressedSha256: sha(zst),
-        rawSize: raw.length,
-        rawSha256: sha(raw),
-      },
-    ],
-    allowedFrom: [],
-    notes: "",
-    expires: opts.expires,
-    issuedAt: undefined,
-  };
-  return { raw, zst, envelope: signEnvelope(encodeManifest(manifest), opts.keys ?? [signer]) };
-}
+const release = (version: string, behaviour: Behaviour, opts: { board?: string; keys?: SigningKey[]; expires?: Date } = {}) =>
+  signedRelease(opts.keys ?? [signer], version, behaviour, { board: opts.board ?? BOARD, expires: opts.expires });
 
 /** A board on v1.33.5 (slot A, committed) with its daemon's files on a data partition. */
 async function setup(dir: string) {
