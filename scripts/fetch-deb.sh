@@ -8,6 +8,11 @@ pkg=$1 suite=$2 rel=$3
 cache="${FERRY_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/ferry}"
 root="$cache/$pkg-$suite"
 if [ -e "$root/$rel" ]; then echo "$root/$rel"; exit 0; fi
+# Parallel test files may ask at once: one fetches, the others wait and reuse it.
+mkdir -p "$cache"
+exec 9>"$cache/.fetch-deb.lock"
+command -v flock >/dev/null && flock 9
+if [ -e "$root/$rel" ]; then echo "$root/$rel"; exit 0; fi
 command -v apt-get >/dev/null || { echo "fetch-deb: apt-get is needed to fetch $pkg from Debian $suite" >&2; exit 1; }
 apt_dir="$cache/apt-$suite"
 mkdir -p "$apt_dir/lists/partial" "$apt_dir/archives/partial" "$root"
