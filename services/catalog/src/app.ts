@@ -2,7 +2,7 @@
 import { readFileSync } from "node:fs";
 import { catalog } from "@ferry/proto";
 import { GrpcServer } from "@ferry/grpc";
-import { BUCKETS, connectNats, openBucket, type NatsConnection } from "@ferry/messaging";
+import { connectNats, openBucket, type NatsConnection } from "@ferry/messaging";
 import type { App, Logger } from "@ferry/runtime";
 import { loadSigningKey, parseKeyringJson } from "@ferry/signing";
 import { KvCatalogStore } from "./adapters/kv-store.ts";
@@ -76,4 +76,3 @@ export function createApp(config: Config, logger: Logger): CatalogApp {
   };
 }
 
-export { BUCKETS };

@@ -1,5 +1,6 @@
 import { LOG_LEVELS, readConfig, v, type Env } from "@ferry/runtime";
 import { loadGrpcSecurity, type GrpcSecurity } from "@ferry/grpc";
+import { BUCKETS } from "@ferry/messaging";
 
 const vars = {
   natsUrl: v.url("FERRY_NATS_URL", "NATS server URL(s), comma-separated", ["nats", "tls"], "nats://127.0.0.1:4222"),
@@ -7,7 +8,7 @@ const vars = {
   logLevel: v.enumOf("FERRY_LOG_LEVEL", "log level", LOG_LEVELS, "info"),
   keyringFile: v.file("FERRY_KEYRING_FILE", 'keyring JSON {"threshold": N, "keys": [PEM...]} of the release signers the catalog trusts', false),
   siteKeyFile: v.file("FERRY_SITE_KEY_FILE", "PEM ed25519 private key used to re-sign explicitly trusted imports"),
-  bucket: v.string("FERRY_CATALOG_BUCKET", "NATS KV bucket holding the catalog", "ferry_catalog"),
+  bucket: v.string("FERRY_CATALOG_BUCKET", "NATS KV bucket holding the catalog", BUCKETS.catalog),
   replicas: v.int("FERRY_NATS_REPLICAS", "replicas of the catalog's KV bucket (1, or 3 on a NATS cluster)", 1, 1, 5),
   importDirs: v.string("FERRY_CATALOG_IMPORT_DIRS", "colon-separated directories ImportCatalog's image_dir may point into (empty: none)", ""),
 };
