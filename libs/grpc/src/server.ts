@@ -95,7 +95,6 @@ export class GrpcServer {
   #services: string[] = [];
   #shutdown = new AbortController();
   #port = 0;
-  #reflection: ReflectionIndex | undefined;
 
   constructor(opts: GrpcServerOptions) {
     this.#opts = opts;
@@ -109,8 +108,7 @@ export class GrpcServer {
     this.health = new HealthStatus([]);
     this.#addRaw(health.HealthService, this.health.implementation(), "grpc.health.v1.Health");
     if (opts.reflection !== false) {
-      this.#reflection = new ReflectionIndex(descriptorSetBytes(), () => this.#services);
-      const impl = this.#reflection.implementation();
+      const impl = new ReflectionIndex(descriptorSetBytes(), () => this.#services).implementation();
       this.#addRaw(reflectionV1.ServerReflectionService, impl, "grpc.reflection.v1.ServerReflection");
       this.#addRaw(
         reflectionV1alpha.ServerReflectionService,

@@ -1,7 +1,7 @@
 // The release manifest document: strict parsing of the exact signed bytes, validation,
 // canonical encoding for signing, and verification of a signed envelope.
 import { events } from "@ferry/proto";
-import { FerryError, invalidArgument } from "@ferry/runtime";
+import { FerryError } from "@ferry/runtime";
 import { verifyEnvelope, type Keyring, type SignedEnvelope } from "@ferry/signing";
 import { isVersion, parseMinor, truncate } from "./semver.ts";
 
@@ -198,5 +198,3 @@ export function findDuplicateKey(text: string): string | undefined {
   }
   return undefined;
 }
-
-export { invalidArgument };

@@ -75,4 +75,3 @@ export function createApp(config: Config, logger: Logger): CatalogApp {
     },
   };
 }
-

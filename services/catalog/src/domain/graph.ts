@@ -3,7 +3,7 @@
 // most one (kubeadm skew), B is not blocked, the edge is not blocked, B's allowed-from
 // admits A, and B has an image for the board asked about.
 import { failedPrecondition, notFound } from "@ferry/runtime";
-import { compareVersions, minorOf, parseMinor, parseVersion, type Version } from "@ferry/release";
+import { compareVersions, parseMinor, parseVersion, type Version } from "@ferry/release";
 
 export interface GraphRelease {
   version: string;
@@ -186,5 +186,3 @@ function explainNoPath(view: CatalogView, start: Version, target: Node, mids: No
   }
   return `${head}: the furthest reachable release is ${furthest.raw}; ${edgeRejection(furthest, inNext[0]!, view, board)}`;
 }
-
-export { minorOf };
