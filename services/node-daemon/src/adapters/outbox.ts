@@ -107,14 +107,24 @@ export class Outbox extends EventEmitter<{ event: [events.StepEvent]; delivered:
     await rename(tmp, this.#cursorFile);
   }
 
-  /** Drops delivered lines: the cursor (with lastSeq) is saved first, so seq never restarts. */
-  async #compact(): Promise<void> {
-    await this.#appending;
-    await this.#saveCursor();
-    const keep = this.#pending.map((e) => `${JSON.stringify(events.StepEvent.toJSON(e))}\n`).join("");
-    const tmp = `${this.#file}.tmp`;
-    await writeFile(tmp, keep);
-    await rename(tmp, this.#file);
+  /**
+   * Drops delivered lines: the cursor (with lastSeq) is saved first, so seq never restarts.
+   * Runs on the append queue: an append landing between the snapshot and the rename would
+   * otherwise be dropped from disk.
+   */
+  #compact(): Promise<void> {
+    const run = this.#appending.then(async () => {
+      await this.#saveCursor();
+      const keep = this.#pending.map((e) => `${JSON.stringify(events.StepEvent.toJSON(e))}\n`).join("");
+      const tmp = `${this.#file}.tmp`;
+      await writeFile(tmp, keep);
+      await rename(tmp, this.#file);
+    });
+    this.#appending = run.then(
+      () => undefined,
+      () => undefined,
+    );
+    return run;
   }
 
   /**
