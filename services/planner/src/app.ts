@@ -1,0 +1,148 @@
+// Wiring: NATS (KV buckets, events stream), the leader lease, the controller while this
+// replica leads, the catalog and distributor clients, and the gRPC server with health
+// tied to readiness (NATS up and the planner's KV mirrored).
+import { catalog, planner } from "@ferry/proto";
+import { createClient, GrpcServer, loadClientOptions } from "@ferry/grpc";
+import { BUCKETS, connectNats, ensureEventsStream, openBucket, type NatsConnection } from "@ferry/messaging";
+import type { App, Logger } from "@ferry/runtime";
+import { Inventory } from "./adapters/inventory.ts";
+import { LeaderLease } from "./adapters/lease.ts";
+import { distributorStager } from "./adapters/stager.ts";
+import { UpgradeStore } from "./adapters/upgrade-store.ts";
+import type { Config } from "./config.ts";
+import { Controller, NO_CLUSTER, type ClusterGates } from "./controller.ts";
+import { plannerHandlers } from "./grpc/handlers.ts";
+import { Planner } from "./planner.ts";
+
+export const SERVICE = "ferry.planner.v1.PlannerService";
+
+export interface PlannerApp extends App {
+  port(): number;
+  isLeader(): boolean;
+  controller(): Controller | undefined;
+}
+
+export interface PlannerOverrides {
+  /** Kubernetes gates (issue #6); without them every gate passes. */
+  gates?: ClusterGates;
+}
+
+export function createApp(config: Config, logger: Logger, over: PlannerOverrides = {}): PlannerApp {
+  const server = new GrpcServer({
+    logger: logger.child({ component: "grpc" }),
+    address: config.grpcAddr,
+    tls: config.security.tls,
+    token: config.security.token,
+  });
+  const clientOpts = loadClientOptions();
+  const catalogClient = createClient(catalog.CatalogServiceService, config.catalogAddr, { ...clientOpts, deadlineMs: 10_000 });
+  const stager = config.distributorAddr ? distributorStager(config.distributorAddr, clientOpts) : undefined;
+  const log = logger.child({ component: "planner" });
+  let nc: NatsConnection | undefined;
+  let store: UpgradeStore | undefined;
+  let inventory: Inventory | undefined;
+  let lease: LeaderLease | undefined;
+  let controller: Controller | undefined;
+  let connected = false;
+  const setReady = () => server.health.set(connected && store?.ready === true);
+  let leading: Promise<void> = Promise.resolve();
+
+  return {
+    port: () => server.port,
+    isLeader: () => lease?.isLeader() === true,
+    controller: () => controller,
+    async start() {
+      nc = await connectNats({
+        url: config.natsUrl,
+        name: `ferry-planner ${config.id}`,
+        onConnectionChange: (up) => {
+          connected = up;
+          log.info({ connected: up }, up ? "NATS reconnected" : "NATS disconnected");
+          setReady();
+        },
+      });
+      connected = true;
+      const conn = nc;
+      await ensureEventsStream(conn, { replicas: config.replicas });
+      const opts = { replicas: config.replicas };
+      const plannerKv = await openBucket(conn, BUCKETS.planner, {
+        ...opts,
+        history: 1,
+        description: "Ferry rollout state and leader lease, written by the planner",
+      });
+      const assignments = await openBucket(conn, BUCKETS.assignments, {
+        ...opts,
+        description: "Ferry assignments, one key per node, written by the planner",
+      });
+      const nodes = await openBucket(conn, BUCKETS.nodes, { ...opts, description: "Ferry node status, one key per node, written by that node" });
+      store = new UpgradeStore(plannerKv);
+      await store.start();
+      inventory = new Inventory(nodes, config.offlineSeconds * 1000);
+      await inventory.start();
+      const inv = inventory;
+      const st = store;
+      inventory.onChange = () => void controller?.kick();
+      lease = new LeaderLease(plannerKv, config.id, config.leaseMs, log, {
+        onElected: () => {
+          leading = leading.then(async () => {
+            const c = new Controller({
+              nc: conn,
+              assignments,
+              store: st,
+              inventory: inv,
+              log,
+              gates: over.gates ?? NO_CLUSTER,
+              stager,
+              distributorUrl: config.distributorUrl ?? "",
+              originFallback: config.originFallback,
+              isLeader: () => lease?.isLeader() === true,
+              onConflict: (why) => {
+                log.error({ why }, "rollout state changed under this leader; stepping down");
+                void lease?.resign();
+              },
+            });
+            controller = c;
+            try {
+              await c.start();
+            } catch (err) {
+              log.error({ err }, "controller failed to start; stepping down");
+              void lease?.resign();
+            }
+          });
+        },
+        onDeposed: () => {
+          const c = controller;
+          controller = undefined;
+          leading = leading.then(async () => c?.stop());
+          return leading;
+        },
+      });
+      const plannerOps = new Planner({
+        catalog: catalogClient,
+        inventory,
+        store,
+        log,
+        controller: () => controller,
+        leader: () => lease?.holder ?? "",
+      });
+      server.add(
+        planner.PlannerServiceService,
+        plannerHandlers(plannerOps, () => conn, store),
+      );
+      const port = await server.start();
+      setReady();
+      lease.start();
+      log.info({ port, id: config.id, nodes: inventory.nodes.size, upgrades: store.all().length }, "planner serving");
+    },
+    async stop(signal) {
+      await server.stop(signal);
+      await lease?.stop();
+      await leading;
+      inventory?.stop();
+      store?.stop();
+      catalogClient.close();
+      stager?.close();
+      await nc?.drain();
+    },
+  };
+}

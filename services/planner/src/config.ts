@@ -1,0 +1,29 @@
+import { hostname } from "node:os";
+import { LOG_LEVELS, readConfig, v, type Env } from "@ferry/runtime";
+import { loadGrpcSecurity, type GrpcSecurity } from "@ferry/grpc";
+
+const vars = {
+  natsUrl: v.url("FERRY_NATS_URL", "NATS server URL(s), comma-separated", ["nats", "tls"], "nats://127.0.0.1:4222"),
+  grpcAddr: v.addr("FERRY_GRPC_ADDR", "host:port the planner's gRPC server listens on", "0.0.0.0:7402"),
+  logLevel: v.enumOf("FERRY_LOG_LEVEL", "log level", LOG_LEVELS, "info"),
+  catalogAddr: v.addr("FERRY_CATALOG_ADDR", "host:port of the catalog's gRPC server", "127.0.0.1:7401"),
+  distributorAddr: v.optionalString(
+    "FERRY_DISTRIBUTOR_ADDR",
+    "host:port of the site distributor's gRPC admin API (staging and pins; empty: no staging)",
+  ),
+  distributorUrl: v.optionalString("FERRY_DISTRIBUTOR_URL", "HTTP base URL boards download from when they report none (e.g. http://site:7480)"),
+  originFallback: v.bool("FERRY_ORIGIN_FALLBACK", "let boards fall back to the image's origin URL when the distributor fails", true),
+  offlineSeconds: v.int("FERRY_NODE_OFFLINE_SECONDS", "a node that has not heartbeated for this long is offline", 30, 1),
+  leaseMs: v.int("FERRY_PLANNER_LEASE_MS", "leader lease: a follower takes over after it stood still this long", 10_000, 300),
+  id: v.string("FERRY_PLANNER_ID", "this replica's id in the leader lease (default: host name, pid and a random suffix)", ""),
+  replicas: v.int("FERRY_NATS_REPLICAS", "replicas of the planner's KV buckets and the events stream (1, or 3 on a NATS cluster)", 1, 1, 5),
+};
+
+export type Config = ReturnType<typeof readConfig<typeof vars>> & { security: GrpcSecurity };
+
+/** Reads and validates the planner's configuration once; throws ConfigError naming each bad variable. */
+export function loadConfig(env: Env = process.env): Config {
+  const c = readConfig(vars, env);
+  const id = c.id || `${hostname()}-${process.pid}-${Math.random().toString(36).slice(2, 6)}`;
+  return { ...c, id, security: loadGrpcSecurity(env) };
+}

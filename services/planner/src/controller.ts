@@ -1,0 +1,368 @@
+// The leader's work loop. Everything the rollout does goes through one serial `tick`:
+// step events from the durable consumer are applied in memory, `decide` moves each
+// upgrade on, the gates are asked (drain / cluster health), the changed upgrades are
+// written to KV with revision checks, only then are the consumed events acked and the
+// assignments projected from the state. A crash anywhere in between is harmless: the
+// state in KV is always what was decided, unacked events come back (and are deduped by
+// the node's sequence), and assignments are rewritten from the state, byte-identical,
+// so no node is ever commanded twice.
+import { jetstreamManager, jetstream, AckPolicy, DeliverPolicy, type JsMsg, type ConsumerMessages } from "@nats-io/jetstream";
+import { events, planner } from "@ferry/proto";
+import { EVENTS_STREAM, eventFilter, type KV, type NatsConnection } from "@ferry/messaging";
+import type { Logger } from "@ferry/runtime";
+import type { Inventory } from "./adapters/inventory.ts";
+import type { UpgradeStore } from "./adapters/upgrade-store.ts";
+import type { InventoryNode } from "./domain/plan.ts";
+import { applyEvent, decide, desiredAssignment, isActive, nodeDone, summarize, type World } from "./domain/rollout.ts";
+
+const P = planner.UpgradePhase;
+const R = planner.NodeRunState;
+export const CONSUMER = "ferry-planner";
+
+/** What a Kubernetes-aware planner checks at the gates; without a cluster every gate passes. */
+export interface ClusterGates {
+  /** Cordons and drains the node before its reboot is granted. */
+  drain(node: string, upgradeId: string): Promise<void>;
+  /** Whether the cluster agrees the node may commit; a string says why not (yet). */
+  clusterHealthy(node: string): Promise<true | string>;
+  /** After the hop ends (commit or rollback). */
+  release(node: string): Promise<void>;
+}
+
+export const NO_CLUSTER: ClusterGates = {
+  drain: async () => undefined,
+  clusterHealthy: async () => true,
+  release: async () => undefined,
+};
+
+/** Stages an upgrade's images in the site distributor and releases them. */
+export interface Stager {
+  stage(u: planner.Upgrade, progress: (s: planner.Staging) => void, signal: AbortSignal): Promise<void>;
+  release(u: planner.Upgrade): Promise<void>;
+}
+
+export interface ControllerDeps {
+  nc: NatsConnection;
+  assignments: KV;
+  store: UpgradeStore;
+  inventory: Inventory;
+  log: Logger;
+  gates: ClusterGates;
+  stager: Stager | undefined;
+  distributorUrl: string;
+  originFallback: boolean;
+  /** Checked before every write: false once the lease is lost. */
+  isLeader: () => boolean;
+  /** Called when a write found someone else's revision: this process must stop leading. */
+  onConflict: (why: string) => void;
+}
+
+interface Working {
+  u: planner.Upgrade;
+  revision: number;
+  dirty: boolean;
+}
+
+export class Controller {
+  readonly #d: ControllerDeps;
+  readonly #working = new Map<string, Working>();
+  /** node → the assignment as last written (key bytes exclude updated_at). */
+  readonly #assigned = new Map<string, { a: events.Assignment; key: string }>();
+  readonly #staging = new Map<string, AbortController>();
+  #messages: ConsumerMessages | undefined;
+  #lastMsg: JsMsg | undefined;
+  #timer: NodeJS.Timeout | undefined;
+  #running = false;
+  #again = false;
+  #waiters: Array<() => void> = [];
+  #stopped = true;
+  /** Events applied (not counting duplicates), for the benchmark and /metrics. */
+  ingested = 0;
+
+  constructor(d: ControllerDeps) {
+    this.#d = d;
+  }
+
+  get upgrades(): ReadonlyMap<string, Working> {
+    return this.#working;
+  }
+
+  /** Becomes the writer: loads state and assignments, subscribes, starts ticking. */
+  async start(): Promise<void> {
+    this.#stopped = false;
+    for (const s of await this.#d.store.load()) this.#working.set(s.upgrade.id, { u: s.upgrade, revision: s.revision, dirty: false });
+    for await (const k of await this.#d.assignments.keys()) {
+      const e = await this.#d.assignments.get(k);
+      if (e?.operation === "PUT" && e.value.length > 0) {
+        const a = events.Assignment.decode(e.value);
+        this.#assigned.set(k, { a, key: assignmentKey(a) });
+      }
+    }
+    const jsm = await jetstreamManager(this.#d.nc);
+    await jsm.consumers.add(EVENTS_STREAM, {
+      durable_name: CONSUMER,
+      ack_policy: AckPolicy.All,
+      deliver_policy: DeliverPolicy.All,
+      filter_subject: eventFilter(),
+      ack_wait: 10_000_000_000,
+      max_ack_pending: 100_000,
+    });
+    const consumer = await jetstream(this.#d.nc).consumers.get(EVENTS_STREAM, CONSUMER);
+    this.#messages = await consumer.consume({ max_messages: 2000 });
+    const messages = this.#messages;
+    void (async () => {
+      for await (const m of messages) this.#ingest(m);
+    })().catch((err: unknown) => this.#d.log.error({ err }, "event consumer stopped"));
+    this.#timer = setInterval(() => void this.kick(), 1000);
+    this.#d.log.info({ upgrades: this.#working.size, active: [...this.#working.values()].filter((w) => isActive(w.u)).length }, "controller started");
+    await this.kick();
+  }
+
+  async stop(): Promise<void> {
+    this.#stopped = true;
+    clearInterval(this.#timer);
+    for (const c of this.#staging.values()) c.abort();
+    this.#staging.clear();
+    await this.#messages?.close().catch(() => undefined);
+    this.#messages = undefined;
+    this.#lastMsg = undefined;
+    this.#working.clear();
+    this.#assigned.clear();
+    for (const w of this.#waiters.splice(0)) w();
+  }
+
+  #ingest(m: JsMsg): void {
+    if (this.#stopped) return;
+    let e: events.StepEvent;
+    try {
+      e = events.StepEvent.decode(m.data);
+    } catch {
+      this.#d.log.warn({ subject: m.subject, seq: m.seq }, "undecodable step event skipped");
+      this.#lastMsg = m;
+      return;
+    }
+    const w = this.#working.get(e.upgradeId);
+    if (w && applyEvent(w.u, e)) {
+      w.dirty = true;
+      this.ingested++;
+    }
+    this.#lastMsg = m;
+    void this.kick();
+  }
+
+  /** Runs the loop (again) and resolves when a full tick that started after the call ended. */
+  kick(): Promise<void> {
+    const p = new Promise<void>((r) => this.#waiters.push(r));
+    this.#again = true;
+    if (!this.#running) void this.#loop();
+    return p;
+  }
+
+  async #loop(): Promise<void> {
+    this.#running = true;
+    try {
+      while (this.#again && !this.#stopped) {
+        this.#again = false;
+        const waiters = this.#waiters.splice(0);
+        try {
+          await this.#tick();
+        } catch (err) {
+          this.#d.log.error({ err }, "tick failed");
+        }
+        for (const w of waiters) w();
+      }
+    } finally {
+      this.#running = false;
+      if (this.#stopped) for (const w of this.#waiters.splice(0)) w();
+    }
+  }
+
+  world(now = new Date()): World {
+    const inventory = new Map<string, InventoryNode>();
+    for (const [name, n] of this.#d.inventory.nodes) inventory.set(name, { status: n.status, online: this.#d.inventory.online(n, now.getTime()) });
+    const cpSlots = new Set<string>();
+    for (const { u } of this.#working.values()) {
+      if (!isActive(u)) continue;
+      const roles = new Map(u.plan.map((p) => [p.node, p.role]));
+      for (const g of u.progress) if (g.holdsSlot && roles.get(g.node) === events.Role.ROLE_CONTROL_PLANE) cpSlots.add(g.node);
+    }
+    return { now, inventory, cpSlots };
+  }
+
+  async #tick(): Promise<void> {
+    if (!this.#d.isLeader()) return;
+    const ackUpTo = this.#lastMsg;
+    const w = this.world();
+    const ordered = [...this.#working.values()].sort((a, b) => (a.u.createdAt?.getTime() ?? 0) - (b.u.createdAt?.getTime() ?? 0));
+    for (const x of ordered) {
+      const u = x.u;
+      if (!isActive(u)) {
+        if (!u.staging?.released && this.#d.stager) await this.#release(x);
+        continue;
+      }
+      if (u.phase === P.UPGRADE_PHASE_PENDING || (u.phase === P.UPGRADE_PHASE_PAUSED && !stagingDone(u))) this.#stage(x);
+      const d = decide(u, w);
+      if (d.changed) x.dirty = true;
+      for (const node of d.rebootReady) {
+        const g = u.progress.find((p) => p.node === node)!;
+        await this.#d.gates.drain(node, u.id);
+        g.rebootGranted = true;
+        g.message = "reboot granted";
+        x.dirty = true;
+      }
+      for (const node of d.commitReady) {
+        const g = u.progress.find((p) => p.node === node)!;
+        const ok = await this.#d.gates.clusterHealthy(node);
+        if (ok === true) {
+          g.commitGranted = true;
+          g.message = "commit granted";
+          x.dirty = true;
+        } else if (g.message !== `commit held: ${ok}`) {
+          g.message = `commit held: ${ok}`;
+          x.dirty = true;
+        }
+      }
+    }
+    // Persist, then ack, then command.
+    for (const x of this.#working.values()) {
+      if (!x.dirty) continue;
+      if (!this.#d.isLeader()) return;
+      summarize(x.u);
+      x.u.updatedAt = new Date();
+      try {
+        x.revision = await this.#d.store.update(x.u, x.revision);
+        x.dirty = false;
+      } catch (err) {
+        this.#d.onConflict((err as Error).message);
+        return;
+      }
+    }
+    ackUpTo?.ack();
+    await this.#syncAssignments();
+  }
+
+  async #syncAssignments(): Promise<void> {
+    for (const { u } of this.#working.values()) {
+      const plans = new Map(u.plan.map((p) => [p.node, p]));
+      for (const g of u.progress) {
+        const cur = this.#assigned.get(g.node);
+        const want = desiredAssignment(u, g, plans.get(g.node)!, {
+          distributorUrls: this.#urlsFor(g.node),
+          originFallback: this.#d.originFallback,
+        });
+        if (want) {
+          const key = assignmentKey(want);
+          if (cur?.key === key) continue;
+          if (!this.#d.isLeader()) return;
+          await this.#d.assignments.put(g.node, events.Assignment.encode({ ...want, updatedAt: new Date() }).finish());
+          this.#assigned.set(g.node, { a: want, key });
+          if (g.rebootGranted && !cur?.a.rebootAllowed) this.#d.log.info({ upgrade: u.id, node: g.node, hop: g.hopIndex }, "reboot granted");
+        } else if (nodeDone(g) && cur?.a.upgradeId === u.id) {
+          // The node reported the end of its hop: its run is over, so the assignment goes.
+          if (!this.#d.isLeader()) return;
+          await this.#d.assignments.delete(g.node);
+          this.#assigned.delete(g.node);
+          await this.#d.gates.release(g.node);
+        }
+      }
+    }
+  }
+
+  #urlsFor(node: string): string[] {
+    const own = this.#d.inventory.nodes.get(node)?.status.distributorUrl;
+    const urls = [own, this.#d.distributorUrl].filter((x): x is string => !!x);
+    return [...new Set(urls)];
+  }
+
+  #stage(x: Working): void {
+    const id = x.u.id;
+    if (this.#staging.has(id) || stagingDone(x.u)) {
+      if (stagingDone(x.u) && x.u.phase === P.UPGRADE_PHASE_PENDING) {
+        x.u.phase = P.UPGRADE_PHASE_RUNNING;
+        x.u.message = "running";
+        x.dirty = true;
+      }
+      return;
+    }
+    const stager = this.#d.stager;
+    if (!stager) {
+      x.u.staging = {
+        images: 0,
+        imagesDone: 0,
+        bytesDone: 0,
+        bytesTotal: 0,
+        message: "no distributor configured: nodes download from the origin",
+        released: true,
+        staged: true,
+      };
+      x.dirty = true;
+      return this.#stage(x);
+    }
+    const ac = new AbortController();
+    this.#staging.set(id, ac);
+    void (async () => {
+      for (let attempt = 1; !ac.signal.aborted; attempt++) {
+        try {
+          await stager.stage(
+            x.u,
+            (s) => {
+              x.u.staging = s;
+              x.dirty = true;
+              void this.kick();
+            },
+            ac.signal,
+          );
+          return;
+        } catch (err) {
+          if (ac.signal.aborted) return;
+          x.u.staging = { ...(x.u.staging ?? emptyStaging()), message: `staging failed (attempt ${attempt}), retrying: ${(err as Error).message}` };
+          x.dirty = true;
+          this.#d.log.warn({ upgrade: id, err: (err as Error).message }, "staging failed; retrying");
+          void this.kick();
+          await new Promise((r) => setTimeout(r, Math.min(30_000, 1000 * attempt)));
+        }
+      }
+    })().finally(() => {
+      this.#staging.delete(id);
+      void this.kick();
+    });
+  }
+
+  async #release(x: Working): Promise<void> {
+    this.#staging.get(x.u.id)?.abort();
+    try {
+      await this.#d.stager!.release(x.u);
+      x.u.staging = { ...(x.u.staging ?? emptyStaging()), released: true };
+      x.dirty = true;
+    } catch (err) {
+      this.#d.log.warn({ upgrade: x.u.id, err: (err as Error).message }, "unpinning the upgrade's images failed; will retry");
+    }
+  }
+
+  // ---- operator commands (the leader's working copy, persisted by the next tick) ----
+
+  /** Adds a new upgrade (already written to KV by the caller). */
+  adopt(u: planner.Upgrade, revision: number): void {
+    this.#working.set(u.id, { u, revision, dirty: false });
+  }
+
+  async mutate(id: string, fn: (u: planner.Upgrade) => void): Promise<planner.Upgrade> {
+    const x = this.#working.get(id);
+    if (!x) throw new Error(`upgrade ${id} is not loaded`);
+    fn(x.u);
+    x.dirty = true;
+    await this.kick();
+    return x.u;
+  }
+}
+
+const emptyStaging = (): planner.Staging => ({ images: 0, imagesDone: 0, bytesDone: 0, bytesTotal: 0, message: "", released: false, staged: false });
+
+export const stagingDone = (u: planner.Upgrade) => u.staging?.staged === true;
+
+/** Identity of an assignment for "already written?" (everything but updated_at). */
+function assignmentKey(a: events.Assignment): string {
+  return Buffer.from(events.Assignment.encode({ ...a, updatedAt: undefined }).finish()).toString("base64");
+}
+
+export const RUN_STATE = R;

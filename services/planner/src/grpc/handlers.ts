@@ -1,0 +1,23 @@
+// PlannerService handlers: proto in, domain call, proto out. No logic lives here.
+import type { planner } from "@ferry/proto";
+import type { Implementation } from "@ferry/grpc";
+import type { NatsConnection } from "@ferry/messaging";
+import type { UpgradeStore } from "../adapters/upgrade-store.ts";
+import type { Planner } from "../planner.ts";
+import { watchUpgrade } from "../watch.ts";
+
+export function plannerHandlers(p: Planner, nc: () => NatsConnection, store: UpgradeStore): Implementation<typeof planner.PlannerServiceService> {
+  return {
+    listNodes: async (req) => p.listNodes(req.selector),
+    getNode: async (req) => p.getNode(req.name),
+    previewUpgrade: async (req, ctx) => p.preview(req.spec, ctx.signal),
+    createUpgrade: async (req, ctx) => p.create(req, ctx.signal),
+    getUpgrade: async (req) => p.get(req.id),
+    listUpgrades: async () => p.list(),
+    watchUpgrade: (req, ctx) => watchUpgrade(nc(), store, (id) => p.get(id), req, ctx.signal),
+    pauseUpgrade: async (req) => p.pause(req),
+    resumeUpgrade: async (req) => p.resume(req),
+    cancelUpgrade: async (req) => p.cancel(req),
+    approveUpgrade: async (req) => p.approve(req),
+  };
+}

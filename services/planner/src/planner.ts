@@ -1,0 +1,268 @@
+// The planner's operations behind PlannerService: inventory, preview, the upgrade
+// commands (leader only: they change rollout state) and the reads (any replica).
+import type { catalog} from "@ferry/proto";
+import { planner } from "@ferry/proto";
+import { GrpcCallError, type TypedClient } from "@ferry/grpc";
+import { alreadyExists, failedPrecondition, invalidArgument, notFound, unavailable, type Logger } from "@ferry/runtime";
+import type { Inventory, NodeEntry } from "./adapters/inventory.ts";
+import type { UpgradeStore } from "./adapters/upgrade-store.ts";
+import type { Controller } from "./controller.ts";
+import { HELD, planUpgrade, type InventoryNode, type PathLookup, nodeLabels } from "./domain/plan.ts";
+import { isActive, newProgress, nodeDone, summarize } from "./domain/rollout.ts";
+import { parseSelector } from "./domain/selector.ts";
+import { parseWindow } from "./domain/window.ts";
+
+const P = planner.UpgradePhase;
+const ID_RE = /^[a-z0-9]([a-z0-9-]{0,38}[a-z0-9])?$/;
+
+export interface PlannerDeps {
+  catalog: TypedClient<typeof catalog.CatalogServiceService>;
+  inventory: Inventory;
+  store: UpgradeStore;
+  log: Logger;
+  /** The controller while this replica leads, else undefined. */
+  controller: () => Controller | undefined;
+  leader: () => string;
+}
+
+export class Planner {
+  readonly #d: PlannerDeps;
+
+  constructor(d: PlannerDeps) {
+    this.#d = d;
+  }
+
+  // ---- inventory ----
+
+  #node(n: NodeEntry, claims: Map<string, string>, now = Date.now()): planner.Node {
+    return { status: n.status, online: this.#d.inventory.online(n, now), lastSeen: n.seenAt, claimedBy: claims.get(n.status.name) ?? "" };
+  }
+
+  /** node → id of the active upgrade that still has work for it. */
+  claims(): Map<string, string> {
+    const out = new Map<string, string>();
+    const ctl = this.#d.controller();
+    const ups = ctl ? [...ctl.upgrades.values()].map((w) => w.u) : this.#d.store.all().map((s) => s.upgrade);
+    for (const u of ups) if (isActive(u)) for (const g of u.progress) if (!nodeDone(g)) out.set(g.node, u.id);
+    return out;
+  }
+
+  listNodes(selector: string): planner.ListNodesResponse {
+    const select = parseSelector(selector);
+    const claims = this.claims();
+    const nodes = [...this.#d.inventory.nodes.values()]
+      .filter((n) => select(nodeLabels(n.status)))
+      .sort((a, b) => (a.status.name < b.status.name ? -1 : 1))
+      .map((n) => this.#node(n, claims));
+    return { nodes };
+  }
+
+  getNode(name: string): planner.Node {
+    const n = this.#d.inventory.nodes.get(name);
+    if (!n) throw notFound(`node ${name} has never heartbeated`, "NODE_NOT_FOUND");
+    return this.#node(n, this.claims());
+  }
+
+  // ---- preview ----
+
+  #lookup(signal?: AbortSignal): PathLookup {
+    return async (board, from, target) => {
+      try {
+        const r = await this.#d.catalog.findPath({ fromVersion: from, target, board }, { signal });
+        return { ok: true, target: r.targetVersion, hops: r.hops.map((h) => ({ toVersion: h.toVersion, image: h.image!, envelope: h.envelope! })) };
+      } catch (err) {
+        if (!(err instanceof GrpcCallError) || !err.errorCode) throw unavailable(`catalog: ${(err as Error).message}`, "CATALOG_UNAVAILABLE", err);
+        if (err.errorCode === "DOWNGRADE") return { ok: false, code: HELD.already, reason: `already on ${from}, newer than ${target}` };
+        if (err.errorCode === "WRONG_BOARD" || (err.errorCode === "RELEASE_NOT_FOUND" && /board/.test(err.details)))
+          return { ok: false, code: HELD.wrongBoard, reason: err.details };
+        if (err.errorCode === "NO_PATH") return { ok: false, code: HELD.noPath, reason: err.details };
+        if (["RELEASE_NOT_FOUND", "RELEASE_BLOCKED", "INVALID_VERSION", "INVALID_TARGET", "INVALID_ARGUMENT"].includes(err.errorCode))
+          throw invalidArgument(`target "${target}": ${err.details}`, err.errorCode);
+        return { ok: false, code: HELD.noPath, reason: err.details };
+      }
+    };
+  }
+
+  #inventoryView(): InventoryNode[] {
+    const claims = this.claims();
+    const now = Date.now();
+    return [...this.#d.inventory.nodes.values()].map((n) => ({
+      status: n.status,
+      online: this.#d.inventory.online(n, now),
+      claimedBy: claims.get(n.status.name),
+    }));
+  }
+
+  async preview(spec: planner.UpgradeSpec | undefined, signal?: AbortSignal): Promise<planner.PreviewUpgradeResponse> {
+    const s = checkSpec(spec);
+    return (await planUpgrade(this.#inventoryView(), parseSelector(s.selector), s, this.#lookup(signal))).preview;
+  }
+
+  // ---- commands (leader) ----
+
+  #ctl(): Controller {
+    const c = this.#d.controller();
+    if (!c)
+      throw unavailable(
+        `this planner is not the leader${this.#d.leader() ? ` (the leader is ${this.#d.leader()})` : ""}; send commands to the leader`,
+        "NOT_LEADER",
+      );
+    return c;
+  }
+
+  async create(req: planner.CreateUpgradeRequest, signal?: AbortSignal): Promise<planner.Upgrade> {
+    const ctl = this.#ctl();
+    const spec = checkSpec(req.spec);
+    if (req.id && !ID_RE.test(req.id))
+      throw invalidArgument(`upgrade id "${req.id}": use 1-40 of [a-z0-9-], starting and ending with a letter or digit`, "BAD_ID");
+    if (req.id) {
+      const existing = ctl.upgrades.get(req.id)?.u;
+      if (existing) {
+        if (planner.UpgradeSpec.encode(existing.spec!).finish().toString() === planner.UpgradeSpec.encode(spec).finish().toString()) return existing;
+        throw alreadyExists(`upgrade ${req.id} exists with another spec`, "UPGRADE_EXISTS");
+      }
+    }
+    const { preview, releases } = await planUpgrade(this.#inventoryView(), parseSelector(spec.selector), spec, this.#lookup(signal));
+    const taking = preview.nodes.filter((p) => !p.heldBackCode);
+    if (taking.length === 0) {
+      const why = [...new Set(preview.nodes.map((p) => p.heldBackReason))].slice(0, 3).join("; ");
+      throw failedPrecondition(`no selected node can take part: ${why}`, "NOTHING_TO_DO");
+    }
+    const now = new Date();
+    const canary = new Set(preview.waves.filter((w) => w.canary).flatMap((w) => w.nodes));
+    const u: planner.Upgrade = {
+      id: req.id || newId(now),
+      spec,
+      targetVersion: preview.targetVersion,
+      phase: P.UPGRADE_PHASE_PENDING,
+      message: "staging images",
+      plan: preview.nodes,
+      progress: taking.map((p) => newProgress(p, now, canary.has(p.node))),
+      createdAt: now,
+      failures: 0,
+      awaitingApproval: false,
+      approved: false,
+      staging: undefined,
+      releases,
+      updatedAt: now,
+      finishedAt: undefined,
+      nodesDone: 0,
+      nodesTotal: 0,
+      percent: 0,
+      cancelRequested: false,
+    };
+    summarize(u);
+    const revision = await this.#d.store.create(u);
+    if (revision === undefined) throw alreadyExists(`upgrade ${u.id} exists`, "UPGRADE_EXISTS");
+    ctl.adopt(u, revision);
+    this.#d.log.info(
+      { upgrade: u.id, target: u.targetVersion, nodes: u.progress.length, heldBack: preview.nodes.length - taking.length },
+      "upgrade created",
+    );
+    await ctl.kick();
+    return u;
+  }
+
+  async #command(
+    ref: planner.UpgradeRef,
+    check: (u: planner.Upgrade) => string | undefined,
+    apply: (u: planner.Upgrade) => void,
+  ): Promise<planner.Upgrade> {
+    const ctl = this.#ctl();
+    const x = ctl.upgrades.get(ref.id);
+    if (!x) throw notFound(`upgrade ${ref.id} not found`, "UPGRADE_NOT_FOUND");
+    const why = check(x.u);
+    if (why) throw failedPrecondition(`upgrade ${ref.id}: ${why}`, "WRONG_PHASE");
+    const u = await ctl.mutate(ref.id, apply);
+    this.#d.log.info({ upgrade: ref.id, phase: planner.upgradePhaseToJSON(u.phase), reason: ref.reason }, "upgrade command");
+    return u;
+  }
+
+  pause(ref: planner.UpgradeRef): Promise<planner.Upgrade> {
+    return this.#command(
+      ref,
+      (u) => (u.phase === P.UPGRADE_PHASE_PAUSED ? "already paused" : !isActive(u) ? `it has ended (${phaseName(u)})` : undefined),
+      (u) => {
+        u.phase = P.UPGRADE_PHASE_PAUSED;
+        u.message = `paused by the operator${ref.reason ? `: ${ref.reason}` : ""}; nodes past their reboot finish their hop`;
+      },
+    );
+  }
+
+  resume(ref: planner.UpgradeRef): Promise<planner.Upgrade> {
+    return this.#command(
+      ref,
+      (u) =>
+        u.phase !== P.UPGRADE_PHASE_PAUSED
+          ? `only a paused upgrade can be resumed (it is ${phaseName(u)})`
+          : u.cancelRequested
+            ? "it is being cancelled"
+            : undefined,
+      (u) => {
+        u.phase = u.staging?.staged ? P.UPGRADE_PHASE_RUNNING : P.UPGRADE_PHASE_PENDING;
+        u.message = `resumed${ref.reason ? `: ${ref.reason}` : ""}`;
+      },
+    );
+  }
+
+  cancel(ref: planner.UpgradeRef): Promise<planner.Upgrade> {
+    return this.#command(
+      ref,
+      (u) => (!isActive(u) ? `it has ended (${phaseName(u)})` : u.cancelRequested ? "already being cancelled" : undefined),
+      (u) => {
+        u.cancelRequested = true;
+        u.message = `cancelling${ref.reason ? `: ${ref.reason}` : ""}; nodes past their reboot finish their hop, the others stop`;
+      },
+    );
+  }
+
+  approve(ref: planner.UpgradeRef): Promise<planner.Upgrade> {
+    return this.#command(
+      ref,
+      (u) =>
+        !u.spec?.strategy?.canary
+          ? "it has no canary to approve"
+          : u.approved
+            ? "already approved"
+            : !u.awaitingApproval
+              ? `the canary is still running (${u.progress.filter((g) => g.canary && !nodeDone(g) && g.runState !== planner.NodeRunState.NODE_RUN_STATE_BETWEEN_HOPS).length} canary node(s) not done)`
+              : undefined,
+      (u) => {
+        u.approved = true;
+        u.awaitingApproval = false;
+        u.message = `canary approved${ref.reason ? `: ${ref.reason}` : ""}`;
+      },
+    );
+  }
+
+  // ---- reads (any replica) ----
+
+  get(id: string): planner.Upgrade {
+    const u = this.#d.controller()?.upgrades.get(id)?.u ?? this.#d.store.get(id)?.upgrade;
+    if (!u) throw notFound(`upgrade ${id} not found`, "UPGRADE_NOT_FOUND");
+    return u;
+  }
+
+  list(): planner.ListUpgradesResponse {
+    const ups = this.#d.store.all().map((s) => s.upgrade);
+    ups.sort((a, b) => (b.createdAt?.getTime() ?? 0) - (a.createdAt?.getTime() ?? 0));
+    return { upgrades: ups.map((u) => ({ ...u, plan: [], progress: [], releases: [] })) };
+  }
+}
+
+const phaseName = (u: planner.Upgrade) => planner.upgradePhaseToJSON(u.phase).replace("UPGRADE_PHASE_", "").toLowerCase();
+
+function newId(now: Date): string {
+  const t = now.toISOString().replace(/[-:T]/g, "").slice(0, 14);
+  return `up-${t}-${Math.random().toString(36).slice(2, 6)}`;
+}
+
+function checkSpec(spec: planner.UpgradeSpec | undefined): planner.UpgradeSpec {
+  if (!spec?.target)
+    throw invalidArgument("spec.target is required: an exact version (v1.35.1), a minor (v1.35) or an alias (stable)", "TARGET_REQUIRED");
+  parseSelector(spec.selector);
+  const st = spec.strategy ?? { maxUnavailable: 0, canary: 0, failureBudget: 0, healthTimeoutSeconds: 0, window: undefined };
+  parseWindow(st.window?.daily ?? "");
+  if (st.healthTimeoutSeconds > 86_400) throw invalidArgument("strategy.health_timeout_seconds: at most 86400 (a day)", "BAD_STRATEGY");
+  return { target: spec.target.trim(), selector: spec.selector.trim(), strategy: { ...st, maxUnavailable: Math.max(1, st.maxUnavailable) } };
+}

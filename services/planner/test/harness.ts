@@ -1,0 +1,122 @@
+// A site for planner tests: a real nats-server, the real catalog (in process, real gRPC
+// on port 0) with signed releases, the planner, and the fast simulated fleet.
+import { createHash } from "node:crypto";
+import { writeFileSync } from "node:fs";
+import { join } from "node:path";
+import { createApp as createCatalog, loadConfig as catalogConfig } from "@ferry/catalog";
+import { createApp as createPlanner, loadConfig as plannerConfig } from "@ferry/planner";
+import { SimFleet, type FleetBoard, type FleetOptions } from "@ferry/node-daemon/sim";
+import { catalog, events, planner } from "@ferry/proto";
+import { createClient } from "@ferry/grpc";
+import { connectNats, ensureEventsStream, type NatsConnection } from "@ferry/messaging";
+import { encodeManifest, MANIFEST_TYPE } from "@ferry/release";
+import { createLogger, type App } from "@ferry/runtime";
+import { formatKeyringJson, generateKeyPair, loadSigningKey, signEnvelope } from "@ferry/signing";
+import { NatsServer, tempDir } from "@ferry/testing";
+
+export const BOARD = "ls1046a";
+
+export function manifest(version: string, board = BOARD): events.ReleaseManifest {
+  const digest = createHash("sha256").update(`${version}/${board}`).digest("hex");
+  return {
+    type: MANIFEST_TYPE,
+    version,
+    images: [
+      {
+        board,
+        arch: "arm64",
+        url: `http://origin.invalid/${version}-${board}.img.zst`,
+        format: events.Compression.COMPRESSION_ZSTD,
+        compressedSize: 1000 + version.length,
+        compressedSha256: digest,
+        rawSize: 4000,
+        rawSha256: digest,
+      },
+    ],
+    allowedFrom: [],
+    notes: "",
+    expires: undefined,
+    issuedAt: undefined,
+  };
+}
+
+export const plannerClient = (addr: string) => createClient(planner.PlannerServiceService, addr);
+
+export interface SiteOptions {
+  releases?: string[];
+  plannerEnv?: Record<string, string>;
+}
+
+/** NATS + catalog with releases; start planners and fleets on it. */
+export class Site implements AsyncDisposable {
+  readonly dir = tempDir("ferry-planner-");
+  nats!: NatsServer;
+  nc!: NatsConnection;
+  catalogAddr = "";
+  readonly #apps: App[] = [];
+  readonly #fleets: SimFleet[] = [];
+  readonly keyring = join(this.dir.path, "keyring.json");
+
+  static async start(o: SiteOptions = {}): Promise<Site> {
+    const s = new Site();
+    s.nats = await NatsServer.start();
+    s.nc = await connectNats({ url: s.nats.url, name: "test" });
+    await ensureEventsStream(s.nc);
+    const kp = generateKeyPair();
+    writeFileSync(s.keyring, formatKeyringJson([kp.publicPem], 1));
+    const cat = createCatalog(
+      catalogConfig({ FERRY_NATS_URL: s.nats.url, FERRY_GRPC_ADDR: "127.0.0.1:0", FERRY_KEYRING_FILE: s.keyring }),
+      createLogger("catalog", "silent"),
+    );
+    await cat.start();
+    s.#apps.push(cat);
+    s.catalogAddr = `127.0.0.1:${cat.port()}`;
+    const c = createClient(catalog.CatalogServiceService, s.catalogAddr);
+    const key = loadSigningKey(kp.privatePem);
+    for (const v of o.releases ?? ["v1.33.4", "v1.33.7", "v1.34.2", "v1.34.5", "v1.35.1"])
+      await c.publishRelease({ envelope: signEnvelope(encodeManifest(manifest(v)), [key]) });
+    c.close();
+    return s;
+  }
+
+  async planner(env: Record<string, string> = {}) {
+    const app = createPlanner(
+      plannerConfig({
+        FERRY_NATS_URL: this.nats.url,
+        FERRY_GRPC_ADDR: "127.0.0.1:0",
+        FERRY_CATALOG_ADDR: this.catalogAddr,
+        FERRY_PLANNER_LEASE_MS: "600",
+        FERRY_NODE_OFFLINE_SECONDS: "3",
+        ...env,
+      }),
+      createLogger("planner", (process.env.FERRY_TEST_LOG as "info" | undefined) ?? "silent"),
+    );
+    await app.start();
+    this.#apps.push(app);
+    return { app, addr: `127.0.0.1:${app.port()}`, client: plannerClient(`127.0.0.1:${app.port()}`) };
+  }
+
+  async fleet(boards: FleetBoard[], o: FleetOptions = {}): Promise<SimFleet> {
+    const f = new SimFleet(this.nc, boards, { heartbeatMs: 1000, ...o });
+    await f.start();
+    this.#fleets.push(f);
+    return f;
+  }
+
+  async [Symbol.asyncDispose](): Promise<void> {
+    for (const f of this.#fleets) f.stop();
+    for (const a of this.#apps.reverse()) await a.stop(AbortSignal.timeout(2000)).catch(() => undefined);
+    await this.nc.close().catch(() => undefined);
+    await this.nats.stop(true);
+    this.dir[Symbol.dispose]();
+  }
+}
+
+export const boards = (n: number, o: { cp?: number; version?: string; behaviour?: (i: number) => FleetBoard["behaviour"] } = {}): FleetBoard[] =>
+  Array.from({ length: n }, (_, i) => ({
+    name: i < (o.cp ?? 1) ? `cp-${i}` : `worker-${i}`,
+    board: BOARD,
+    role: i < (o.cp ?? 1) ? ("control-plane" as const) : ("worker" as const),
+    version: o.version ?? "v1.33.4",
+    behaviour: o.behaviour?.(i) ?? "healthy",
+  }));
