@@ -24,9 +24,9 @@ async function allEvents(site: Site, upgradeId: string): Promise<events.StepEven
 }
 
 /** Checks the skew rule over the event order: per hop phase, control plane first, one at a time. */
-function checkPhases(evs: events.StepEvent[], cps: Set<string>): void {
+function checkPhases(evs: events.StepEvent[], cps: Set<string>, startMinor = 33): void {
   const minor = (v: string) => Number(v.split(".")[1]);
-  const committed = new Map<string, number>(); // node → minor committed
+  const committed = new Map<string, number>([...cps].map((c) => [c, startMinor])); // node → minor committed
   const inFlightCp = new Set<string>();
   for (const e of evs) {
     const m = minor(e.toVersion);
@@ -36,9 +36,9 @@ function checkPhases(evs: events.StepEvent[], cps: Set<string>): void {
         inFlightCp.add(e.node);
         // No control-plane node starts minor m+1 before every control-plane node has m.
         for (const c of cps)
-          if (c !== e.node) expect(committed.get(c) ?? 0, `${e.node} → ${e.toVersion} while ${c} lags`).toBeGreaterThanOrEqual(m - 1);
+          if (c !== e.node) expect(committed.get(c)!, `${e.node} → ${e.toVersion} while ${c} lags`).toBeGreaterThanOrEqual(m - 1);
       } else {
-        for (const c of cps) expect(committed.get(c) ?? 0, `worker ${e.node} → ${e.toVersion} before ${c}`).toBeGreaterThanOrEqual(m);
+        for (const c of cps) expect(committed.get(c)!, `worker ${e.node} → ${e.toVersion} before ${c}`).toBeGreaterThanOrEqual(m);
       }
     }
     if (e.step === S.STEP_NAME_REPORT) {
@@ -94,5 +94,89 @@ describe("planner rollouts", () => {
     const nodes = (await client.listNodes({ selector: "ferry.dev/role=worker" })).nodes;
     expect(nodes.map((n) => n.status!.currentVersion)).toEqual(["v1.35.1", "v1.35.1", "v1.35.1", "v1.35.1"]);
     expect(nodes.every((n) => n.claimedBy === "")).toBe(true);
+  });
+});
+
+const strategy = (o: Partial<planner.Strategy> = {}): planner.Strategy => ({
+  maxUnavailable: 2,
+  canary: 0,
+  failureBudget: 0,
+  healthTimeoutSeconds: 30,
+  window: undefined,
+  ...o,
+});
+
+const until = (client: Awaited<ReturnType<Site["planner"]>>["client"], id: string, pred: (u: planner.Upgrade) => boolean, timeoutMs = 20_000) =>
+  waitFor(
+    async () => {
+      const u = await client.getUpgrade({ id });
+      return pred(u) ? u : undefined;
+    },
+    { timeoutMs, what: `upgrade ${id}` },
+  );
+
+describe("canary, failure budget, pause, resume, cancel", () => {
+  it("a bad release fails health on the canary: it rolls back and the rollout pauses", async () => {
+    await using site = await Site.start();
+    await site.fleet(boards(5), { stepMs: 2, failingVersions: ["v1.33.7"] });
+    const { client } = await site.planner();
+    await waitFor(async () => (await client.listNodes({ selector: "" })).nodes.length === 5);
+    // Workers may not pass the control plane's minor (the skew rule)...
+    await expect(
+      client.createUpgrade({ spec: { target: "v1.34.5", selector: "ferry.dev/role=worker", strategy: undefined } }),
+    ).rejects.toThrow(/FAILED_PRECONDITION: no selected node can take part: v1.34.5 would be newer than control-plane node cp-0/);
+    // ...but may take a patch. Workers only: the canary is worker-1.
+    await client.createUpgrade({ id: "bad", spec: { target: "v1.33.7", selector: "ferry.dev/role=worker", strategy: strategy({ canary: 1 }) } });
+    const u = await until(client, "bad", (x) => x.phase === P.UPGRADE_PHASE_PAUSED);
+    expect(u.message).toMatch(/failure budget exceeded .*worker-1 HEALTH_FAILED/);
+    const w1 = u.progress.find((g) => g.node === "worker-1")!;
+    expect(w1.runState).toBe(planner.NodeRunState.NODE_RUN_STATE_FAILED);
+    expect(w1.canary).toBe(true);
+    expect(w1.version).toBe("v1.33.4");
+    // Nobody else was started.
+    expect(u.progress.filter((g) => g.node !== "worker-1").every((g) => g.runState === planner.NodeRunState.NODE_RUN_STATE_PENDING)).toBe(true);
+    const n = await client.getNode({ name: "worker-1" });
+    expect(n.status!.currentVersion).toBe("v1.33.4");
+    // Approval is refused while nothing waits for it; cancelling ends it.
+    await expect(client.approveUpgrade({ id: "bad", reason: "" })).rejects.toThrow(/FAILED_PRECONDITION.*canary/);
+    await client.cancelUpgrade({ id: "bad", reason: "bad release" });
+    const c = await until(client, "bad", (x) => x.phase === P.UPGRADE_PHASE_CANCELLED);
+    expect(c.progress.filter((g) => g.runState === planner.NodeRunState.NODE_RUN_STATE_CANCELLED)).toHaveLength(3);
+  });
+
+  it("waits for approval after a healthy canary, honours pause and resume, and frees its nodes at the end", async () => {
+    await using site = await Site.start();
+    await site.fleet(boards(6), { stepMs: 2 });
+    const { client } = await site.planner();
+    await waitFor(async () => (await client.listNodes({ selector: "" })).nodes.length === 6);
+    await client.createUpgrade({ id: "canary", spec: { target: "v1.33.7", selector: "", strategy: strategy({ canary: 2, maxUnavailable: 3 }) } });
+    const waiting = await until(client, "canary", (x) => x.awaitingApproval);
+    expect(waiting.progress.filter((g) => g.runState === planner.NodeRunState.NODE_RUN_STATE_SUCCEEDED).map((g) => g.node)).toEqual(["cp-0", "worker-1"]);
+    // A second upgrade cannot claim nodes of this one.
+    const pv = await client.previewUpgrade({ spec: { target: "v1.33.7", selector: "", strategy: undefined } });
+    expect(pv.nodes.find((p) => p.node === "worker-2")!.heldBackCode).toBe("CLAIMED");
+    await client.pauseUpgrade({ id: "canary", reason: "lunch" });
+    await client.approveUpgrade({ id: "canary", reason: "looks good" });
+    await new Promise((r) => setTimeout(r, 500));
+    const paused = await client.getUpgrade({ id: "canary" });
+    expect(paused.phase).toBe(P.UPGRADE_PHASE_PAUSED);
+    expect(paused.progress.filter((g) => g.runState === planner.NodeRunState.NODE_RUN_STATE_ACTIVE)).toHaveLength(0);
+    await expect(client.resumeUpgrade({ id: "nope", reason: "" })).rejects.toThrow(/NOT_FOUND/);
+    await client.resumeUpgrade({ id: "canary", reason: "" });
+    const done = await until(client, "canary", (x) => x.phase === P.UPGRADE_PHASE_SUCCEEDED);
+    expect(done.nodesDone).toBe(6);
+    await expect(client.pauseUpgrade({ id: "canary", reason: "" })).rejects.toThrow(/FAILED_PRECONDITION.*ended/);
+    // Its nodes are free again, and their assignments are gone.
+    expect((await client.listNodes({ selector: "" })).nodes.every((n) => n.claimedBy === "")).toBe(true);
+  });
+
+  it("three control-plane nodes go one at a time and are never two minors apart", async () => {
+    await using site = await Site.start();
+    await site.fleet(boards(6, { cp: 3 }), { stepMs: 2 });
+    const { client } = await site.planner();
+    await waitFor(async () => (await client.listNodes({ selector: "" })).nodes.length === 6);
+    await client.createUpgrade({ id: "three", spec: { target: "v1.35.1", selector: "", strategy: strategy({ maxUnavailable: 3 }) } });
+    await until(client, "three", (x) => x.phase === P.UPGRADE_PHASE_SUCCEEDED, 30_000);
+    checkPhases(await allEvents(site, "three"), new Set(["cp-0", "cp-1", "cp-2"]));
   });
 });

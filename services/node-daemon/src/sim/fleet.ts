@@ -26,6 +26,8 @@ export interface FleetOptions {
   stepMs?: number;
   /** How often a board waiting at a gate looks at its assignment again. */
   gatePollMs?: number;
+  /** Releases that fail the health check on every board (a bad release). */
+  failingVersions?: string[];
 }
 
 const { StepName: S, StepState: T } = events;
@@ -51,7 +53,7 @@ export class SimFleet {
 
   constructor(nc: NatsConnection, boards: FleetBoard[], o: FleetOptions = {}) {
     this.#nc = nc;
-    this.#o = { heartbeatMs: 5000, stepMs: 5, gatePollMs: 50, ...o };
+    this.#o = { heartbeatMs: 5000, stepMs: 5, gatePollMs: 50, failingVersions: [], ...o };
     for (const b of boards) {
       this.boards.set(b.name, {
         ...b,
@@ -213,7 +215,7 @@ export class SimFleet {
         return await finish("rolled-back", "TRIAL_DID_NOT_BOOT", "the trial slot did not come up; the bootloader fell back");
       }
       for (const s of AFTER_REBOOT) {
-        if (s === S.STEP_NAME_HEALTH_CHECK && b.behaviour === "fails-health") {
+        if (s === S.STEP_NAME_HEALTH_CHECK && (b.behaviour === "fails-health" || this.#o.failingVersions.includes(a.targetVersion))) {
           await this.#emit(b, a, s, T.STEP_STATE_FAILED, { errorCode: "HEALTH_FAILED", message: "simulated health failure" });
           await step(S.STEP_NAME_ROLLBACK);
           b.slot = old;
