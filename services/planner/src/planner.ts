@@ -1,6 +1,6 @@
 // The planner's operations behind PlannerService: inventory, preview, the upgrade
 // commands (leader only: they change rollout state) and the reads (any replica).
-import type { catalog} from "@ferry/proto";
+import type { catalog } from "@ferry/proto";
 import { planner } from "@ferry/proto";
 import { GrpcCallError, type TypedClient } from "@ferry/grpc";
 import { alreadyExists, failedPrecondition, invalidArgument, notFound, unavailable, type Logger } from "@ferry/runtime";

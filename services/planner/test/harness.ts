@@ -8,7 +8,9 @@ import { createApp as createPlanner, loadConfig as plannerConfig } from "@ferry/
 import { SimFleet, type FleetBoard, type FleetOptions } from "@ferry/node-daemon/sim";
 import { catalog, events, planner } from "@ferry/proto";
 import { createClient } from "@ferry/grpc";
-import { connectNats, ensureEventsStream, type NatsConnection } from "@ferry/messaging";
+import { connectNats, ensureEventsStream, EVENTS_STREAM, type NatsConnection } from "@ferry/messaging";
+import { jetstreamManager } from "@nats-io/jetstream";
+import { expect } from "vitest";
 import { encodeManifest, MANIFEST_TYPE } from "@ferry/release";
 import { createLogger, type App } from "@ferry/runtime";
 import { formatKeyringJson, generateKeyPair, loadSigningKey, signEnvelope } from "@ferry/signing";
@@ -120,3 +122,43 @@ export const boards = (n: number, o: { cp?: number; version?: string; behaviour?
     version: o.version ?? "v1.33.4",
     behaviour: o.behaviour?.(i) ?? "healthy",
   }));
+
+const { StepName: S, StepState: T } = events;
+
+/** The events of one upgrade, in stream order. */
+export async function allEvents(site: Site, upgradeId: string): Promise<events.StepEvent[]> {
+  const jsm = await jetstreamManager(site.nc);
+  const info = await jsm.streams.info(EVENTS_STREAM);
+  const out: events.StepEvent[] = [];
+  for (let s = info.state.first_seq; s <= info.state.last_seq && info.state.messages > 0; s++) {
+    const m = await jsm.streams.getMessage(EVENTS_STREAM, { seq: s }).catch(() => null);
+    if (!m) continue;
+    const e = events.StepEvent.decode(m.data);
+    if (e.upgradeId === upgradeId) out.push(e);
+  }
+  return out;
+}
+
+/** Checks the skew rule over the event order: per hop phase, control plane first, one at a time. */
+export function checkPhases(evs: events.StepEvent[], cps: Set<string>, startMinor = 33): void {
+  const minor = (v: string) => Number(v.split(".")[1]);
+  const committed = new Map<string, number>([...cps].map((c) => [c, startMinor])); // node → minor committed
+  const inFlightCp = new Set<string>();
+  for (const e of evs) {
+    const m = minor(e.toVersion);
+    if (e.step === S.STEP_NAME_PREFLIGHT && e.state === T.STEP_STATE_STARTED) {
+      if (cps.has(e.node)) {
+        expect(inFlightCp.size, `${e.node} started while ${[...inFlightCp].join(",")} in flight`).toBe(0);
+        inFlightCp.add(e.node);
+        // No control-plane node starts minor m+1 before every control-plane node has m.
+        for (const c of cps) if (c !== e.node) expect(committed.get(c)!, `${e.node} → ${e.toVersion} while ${c} lags`).toBeGreaterThanOrEqual(m - 1);
+      } else {
+        for (const c of cps) expect(committed.get(c)!, `worker ${e.node} → ${e.toVersion} before ${c}`).toBeGreaterThanOrEqual(m);
+      }
+    }
+    if (e.step === S.STEP_NAME_REPORT) {
+      inFlightCp.delete(e.node);
+      if (e.state === T.STEP_STATE_SUCCEEDED) committed.set(e.node, m);
+    }
+  }
+}

@@ -1,52 +1,11 @@
 // Rollouts against the fast simulated fleet on a real nats-server, with the real catalog
 // and the planner over gRPC.
 import { describe, expect, it } from "vitest";
-import { jetstreamManager } from "@nats-io/jetstream";
-import { events, planner } from "@ferry/proto";
-import { EVENTS_STREAM } from "@ferry/messaging";
+import { planner } from "@ferry/proto";
 import { waitFor } from "@ferry/testing";
-import { boards, Site } from "./harness.ts";
+import { allEvents, boards, checkPhases, Site } from "./harness.ts";
 
-const { StepName: S, StepState: T } = events;
 const P = planner.UpgradePhase;
-
-async function allEvents(site: Site, upgradeId: string): Promise<events.StepEvent[]> {
-  const jsm = await jetstreamManager(site.nc);
-  const info = await jsm.streams.info(EVENTS_STREAM);
-  const out: events.StepEvent[] = [];
-  for (let s = info.state.first_seq; s <= info.state.last_seq && info.state.messages > 0; s++) {
-    const m = await jsm.streams.getMessage(EVENTS_STREAM, { seq: s }).catch(() => null);
-    if (!m) continue;
-    const e = events.StepEvent.decode(m.data);
-    if (e.upgradeId === upgradeId) out.push(e);
-  }
-  return out;
-}
-
-/** Checks the skew rule over the event order: per hop phase, control plane first, one at a time. */
-function checkPhases(evs: events.StepEvent[], cps: Set<string>, startMinor = 33): void {
-  const minor = (v: string) => Number(v.split(".")[1]);
-  const committed = new Map<string, number>([...cps].map((c) => [c, startMinor])); // node → minor committed
-  const inFlightCp = new Set<string>();
-  for (const e of evs) {
-    const m = minor(e.toVersion);
-    if (e.step === S.STEP_NAME_PREFLIGHT && e.state === T.STEP_STATE_STARTED) {
-      if (cps.has(e.node)) {
-        expect(inFlightCp.size, `${e.node} started while ${[...inFlightCp].join(",")} in flight`).toBe(0);
-        inFlightCp.add(e.node);
-        // No control-plane node starts minor m+1 before every control-plane node has m.
-        for (const c of cps)
-          if (c !== e.node) expect(committed.get(c)!, `${e.node} → ${e.toVersion} while ${c} lags`).toBeGreaterThanOrEqual(m - 1);
-      } else {
-        for (const c of cps) expect(committed.get(c)!, `worker ${e.node} → ${e.toVersion} before ${c}`).toBeGreaterThanOrEqual(m);
-      }
-    }
-    if (e.step === S.STEP_NAME_REPORT) {
-      inFlightCp.delete(e.node);
-      if (e.state === T.STEP_STATE_SUCCEEDED) committed.set(e.node, m);
-    }
-  }
-}
 
 describe("planner rollouts", () => {
   it("previews, then takes five boards through two hops, the control plane first in each", async () => {
@@ -123,7 +82,7 @@ describe("canary, failure budget, pause, resume, cancel", () => {
     await waitFor(async () => (await client.listNodes({ selector: "" })).nodes.length === 5);
     // Workers may not pass the control plane's minor (the skew rule)...
     await expect(
-      client.createUpgrade({ spec: { target: "v1.34.5", selector: "ferry.dev/role=worker", strategy: undefined } }),
+      client.createUpgrade({ id: "", spec: { target: "v1.34.5", selector: "ferry.dev/role=worker", strategy: undefined } }),
     ).rejects.toThrow(/FAILED_PRECONDITION: no selected node can take part: v1.34.5 would be newer than control-plane node cp-0/);
     // ...but may take a patch. Workers only: the canary is worker-1.
     await client.createUpgrade({ id: "bad", spec: { target: "v1.33.7", selector: "ferry.dev/role=worker", strategy: strategy({ canary: 1 }) } });
@@ -151,7 +110,10 @@ describe("canary, failure budget, pause, resume, cancel", () => {
     await waitFor(async () => (await client.listNodes({ selector: "" })).nodes.length === 6);
     await client.createUpgrade({ id: "canary", spec: { target: "v1.33.7", selector: "", strategy: strategy({ canary: 2, maxUnavailable: 3 }) } });
     const waiting = await until(client, "canary", (x) => x.awaitingApproval);
-    expect(waiting.progress.filter((g) => g.runState === planner.NodeRunState.NODE_RUN_STATE_SUCCEEDED).map((g) => g.node)).toEqual(["cp-0", "worker-1"]);
+    expect(waiting.progress.filter((g) => g.runState === planner.NodeRunState.NODE_RUN_STATE_SUCCEEDED).map((g) => g.node)).toEqual([
+      "cp-0",
+      "worker-1",
+    ]);
     // A second upgrade cannot claim nodes of this one.
     const pv = await client.previewUpgrade({ spec: { target: "v1.33.7", selector: "", strategy: undefined } });
     expect(pv.nodes.find((p) => p.node === "worker-2")!.heldBackCode).toBe("CLAIMED");
