@@ -9,16 +9,23 @@ import { createClient, GrpcCallError, loadClientOptions } from "@ferry/grpc";
 import { ConfigError, FerryError } from "@ferry/runtime";
 import { encodeManifest, measureImage, MANIFEST_TYPE, parseManifest } from "@ferry/release";
 import { addSignatures, formatKeyringJson, generateKeyPair, loadPublicKey, parseKeyringJson, signEnvelope } from "@ferry/signing";
+import { registerFleetCommands } from "./commands/fleet.ts";
 import { CliError, envelopeJson, humanBytes, isEnvelopeFile, readEnvelope, readKeys, readText, table, writeOut } from "./io.ts";
 
 const program = new Command("ferry")
   .description("Ferry: OS upgrades for Kubernetes edge fleets (A/B root partitions)")
   .option("--catalog <addr>", "catalog gRPC address (env FERRY_CATALOG_ADDR)", process.env.FERRY_CATALOG_ADDR ?? "127.0.0.1:7401")
+  .option("--planner <addr>", "planner gRPC address (env FERRY_PLANNER_ADDR)", process.env.FERRY_PLANNER_ADDR ?? "127.0.0.1:7402")
+  .option(
+    "--distributor <addr>",
+    "site distributor gRPC admin address (env FERRY_DISTRIBUTOR_ADDR)",
+    process.env.FERRY_DISTRIBUTOR_ADDR ?? "127.0.0.1:7403",
+  )
   .option("--json", "print JSON instead of tables")
   .showHelpAfterError()
   .addHelpText("after", "\nTLS and auth for gRPC calls come from FERRY_GRPC_CA, FERRY_GRPC_CLIENT_CERT, FERRY_GRPC_CLIENT_KEY and FERRY_GRPC_TOKEN.");
 
-const globals = () => program.opts<{ catalog: string; json?: boolean }>();
+const globals = () => program.opts<{ catalog: string; planner: string; distributor: string; json?: boolean }>();
 const catalogClient = () => createClient(catalog.CatalogServiceService, globals().catalog, loadClientOptions());
 const collect = (v: string, prev: string[]) => [...prev, v];
 const print = (json: unknown, text: () => string) => process.stdout.write(globals().json ? `${JSON.stringify(json, null, 2)}\n` : text());
@@ -296,6 +303,12 @@ program
       return g.nodes.map((n) => `${n.version}${n.blocked ? " (blocked)" : ""} → ${(out.get(n.version) ?? []).join(", ") || "-"}\n`).join("");
     });
   });
+
+registerFleetCommands(program, {
+  print,
+  addrs: () => globals(),
+  int: (name) => (v) => parseIntArg(v, name),
+});
 
 function parseIntArg(v: string, name: string): number {
   if (!/^\d+$/.test(v)) throw new InvalidArgumentError(`${name} must be a whole number`);
