@@ -1,5 +1,5 @@
 import { spawn, type ChildProcess } from "node:child_process";
-import { mkdtempSync, rmSync } from "node:fs";
+import { createWriteStream, mkdtempSync, rmSync, type WriteStream } from "node:fs";
 import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
@@ -51,13 +51,22 @@ export function tempDir(prefix = "ferry-test-"): { path: string } & Disposable {
 export class ServiceProcess implements AsyncDisposable {
   readonly proc: ChildProcess;
   output = "";
-  constructor(script: string, env: Record<string, string>, args: string[] = []) {
+  readonly #log: WriteStream | undefined;
+  /** `logFile`: also append the output there; `keep`: keep at most this many characters in memory. */
+  constructor(script: string, env: Record<string, string>, args: string[] = [], o: { logFile?: string; keep?: number } = {}) {
     this.proc = spawn(process.execPath, [join(repoRoot, script), ...args], {
       env: { PATH: process.env.PATH ?? "", HOME: process.env.HOME ?? "", FERRY_LOG_LEVEL: "info", ...env },
       stdio: ["ignore", "pipe", "pipe"],
     });
-    this.proc.stdout!.on("data", (d: Buffer) => (this.output += d.toString()));
-    this.proc.stderr!.on("data", (d: Buffer) => (this.output += d.toString()));
+    this.#log = o.logFile ? createWriteStream(o.logFile, { flags: "a" }) : undefined;
+    const keep = o.keep ?? Infinity;
+    const add = (d: Buffer) => {
+      this.output += d.toString();
+      if (this.output.length > keep) this.output = this.output.slice(this.output.indexOf("\n", this.output.length - keep) + 1);
+      this.#log?.write(d);
+    };
+    this.proc.stdout!.on("data", add);
+    this.proc.stderr!.on("data", add);
   }
 
   /** JSON log lines emitted so far. */

@@ -1,2 +1,3 @@
 export * from "./nats-server.ts";
 export * from "./helpers.ts";
+export * from "./compose.ts";

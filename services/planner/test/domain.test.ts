@@ -89,6 +89,8 @@ describe("step events", () => {
 
   it("a commit report releases the slot; a failed one counts against the budget and pauses", () => {
     const u = upgrade();
+    applyEvent(u, ev(4, S.STEP_NAME_REPORT, T.STEP_STATE_STARTED));
+    expect(u.progress[0]!.runState).toBe(planner.NodeRunState.NODE_RUN_STATE_ACTIVE);
     applyEvent(u, ev(5, S.STEP_NAME_REPORT, T.STEP_STATE_SUCCEEDED));
     expect(u.progress[0]).toMatchObject({
       runState: planner.NodeRunState.NODE_RUN_STATE_SUCCEEDED,

@@ -2,11 +2,10 @@
 // to the other one; a NATS restart mid-rollout loses nothing. Every assignment write is
 // recorded: no node is ever sent the same command twice.
 import { describe, expect, it } from "vitest";
-import { jetstreamManager } from "@nats-io/jetstream";
 import { events, planner } from "@ferry/proto";
-import { BUCKETS, EVENTS_STREAM, openBucket } from "@ferry/messaging";
+import { BUCKETS, openBucket } from "@ferry/messaging";
 import { ServiceProcess, waitFor } from "@ferry/testing";
-import { allEvents, boards, checkPhases, plannerClient, Site } from "./harness.ts";
+import { allEvents, boards, checkNoEventLost, checkPhases, plannerClient, Site } from "./harness.ts";
 
 const P = planner.UpgradePhase;
 
@@ -30,20 +29,6 @@ async function recordAssignments(site: Site) {
       return writes.length;
     },
   };
-}
-
-/** Every node's events reached the stream: sequences 1..n without a gap. */
-async function checkNoEventLost(site: Site) {
-  const jsm = await jetstreamManager(site.nc);
-  const info = await jsm.streams.info(EVENTS_STREAM);
-  const seqs = new Map<string, number[]>();
-  for (let s = info.state.first_seq; s <= info.state.last_seq; s++) {
-    const m = await jsm.streams.getMessage(EVENTS_STREAM, { seq: s }).catch(() => null);
-    if (!m) continue;
-    const e = events.StepEvent.decode(m.data);
-    seqs.set(e.node, [...(seqs.get(e.node) ?? []), e.seq]);
-  }
-  for (const [node, s] of seqs) expect(s, node).toEqual(Array.from({ length: s.length }, (_, i) => i + 1));
 }
 
 const spec = {

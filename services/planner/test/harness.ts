@@ -126,7 +126,7 @@ export const boards = (n: number, o: { cp?: number; version?: string; behaviour?
 const { StepName: S, StepState: T } = events;
 
 /** The events of one upgrade, in stream order. */
-export async function allEvents(site: Site, upgradeId: string): Promise<events.StepEvent[]> {
+export async function allEvents(site: { nc: NatsConnection }, upgradeId: string): Promise<events.StepEvent[]> {
   const jsm = await jetstreamManager(site.nc);
   const info = await jsm.streams.info(EVENTS_STREAM);
   const out: events.StepEvent[] = [];
@@ -161,4 +161,18 @@ export function checkPhases(evs: events.StepEvent[], cps: Set<string>, startMino
       if (e.state === T.STEP_STATE_SUCCEEDED) committed.set(e.node, m);
     }
   }
+}
+
+/** Every node's events reached the stream: sequences 1..n without a gap. */
+export async function checkNoEventLost(site: { nc: NatsConnection }): Promise<void> {
+  const jsm = await jetstreamManager(site.nc);
+  const info = await jsm.streams.info(EVENTS_STREAM);
+  const seqs = new Map<string, number[]>();
+  for (let s = info.state.first_seq; s <= info.state.last_seq; s++) {
+    const m = await jsm.streams.getMessage(EVENTS_STREAM, { seq: s }).catch(() => null);
+    if (!m) continue;
+    const e = events.StepEvent.decode(m.data);
+    seqs.set(e.node, [...(seqs.get(e.node) ?? []), e.seq]);
+  }
+  for (const [node, s] of seqs) expect(s, node).toEqual(Array.from({ length: s.length }, (_, i) => i + 1));
 }

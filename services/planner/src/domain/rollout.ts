@@ -99,7 +99,8 @@ export function applyEvent(u: planner.Upgrade, e: events.StepEvent): boolean {
   g.percent = (100 * (g.hopIndex + hopFraction(e))) / Math.max(1, g.hopCount);
   g.message = e.message || `${events.stepNameToJSON(e.step)} ${events.stepStateToJSON(e.state)}`.replace(/STEP_NAME_|STEP_STATE_/g, "").toLowerCase();
   if (e.state === T.STEP_STATE_FAILED) g.errorCode = e.errorCode;
-  if (e.step !== S.STEP_NAME_REPORT) return true;
+  // The hop ends with the node's report: succeeded (committed) or failed (rolled back).
+  if (e.step !== S.STEP_NAME_REPORT || (e.state !== T.STEP_STATE_SUCCEEDED && e.state !== T.STEP_STATE_FAILED)) return true;
   // The hop ended: the node's slot in the reboot lock is released.
   g.holdsSlot = false;
   g.rebootGranted = false;

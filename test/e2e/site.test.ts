@@ -1,0 +1,171 @@
+// The whole stack end to end, run from deploy/docker-compose.yml as local processes: NATS,
+// the catalog, the planner, the distributor, the demo origin and five simulated boards
+// (real node-daemons, real U-Boot environment tools, real reboots of the simulated board).
+// Operated with the real `ferry` CLI and gRPC.
+import { execFile } from "node:child_process";
+import { readFileSync } from "node:fs";
+import { join } from "node:path";
+import { promisify } from "node:util";
+import { describe, expect, it } from "vitest";
+import { planner } from "@ferry/proto";
+import { createClient } from "@ferry/grpc";
+import { connectNats } from "@ferry/messaging";
+import { LocalCompose, repoRoot, tempDir, waitFor } from "@ferry/testing";
+import { allEvents, checkPhases, checkNoEventLost } from "../../services/planner/test/harness.ts";
+
+const exec = promisify(execFile);
+const COMPOSE = join(repoRoot, "deploy/docker-compose.yml");
+const P = planner.UpgradePhase;
+
+async function site(dir: string) {
+  const c = await LocalCompose.up(COMPOSE, { dir, env: { planner: { FERRY_PLANNER_LEASE_MS: "2000" } } });
+  await c.procs.get("demo-origin")!.waitForLog((l) => l.msg === "demo releases published", 30_000);
+  const plannerAddr = c.addr("planner", 7402);
+  const client = createClient(planner.PlannerServiceService, plannerAddr);
+  await waitFor(async () => (await client.listNodes({ selector: "" })).nodes.filter((n) => n.online).length === 5, {
+    timeoutMs: 60_000,
+    what: "five boards",
+  });
+  const ferry = async (...args: string[]) => {
+    try {
+      const r = await exec(
+        process.execPath,
+        [
+          join(repoRoot, "cli/src/main.ts"),
+          "--planner",
+          plannerAddr,
+          "--catalog",
+          c.addr("catalog", 7401),
+          "--distributor",
+          c.addr("distributor", 7403),
+          ...args,
+        ],
+        {
+          env: { PATH: process.env.PATH ?? "" },
+          maxBuffer: 64 << 20,
+        },
+      );
+      return { code: 0, stdout: r.stdout, stderr: r.stderr };
+    } catch (err) {
+      const e = err as { code: number; stdout: string; stderr: string };
+      return { code: e.code, stdout: e.stdout, stderr: e.stderr };
+    }
+  };
+  const originServed = async () => ((await (await fetch(`http://${c.addr("demo-origin", 7490)}/stats`)).json()) as { served: number }).served;
+  return { c, client, ferry, originServed };
+}
+
+const until = (
+  client: ReturnType<typeof createClient<typeof planner.PlannerServiceService>>,
+  id: string,
+  pred: (u: planner.Upgrade) => boolean,
+  timeoutMs = 120_000,
+) =>
+  waitFor(
+    async () => {
+      const u = await client.getUpgrade({ id });
+      return pred(u) ? u : undefined;
+    },
+    { timeoutMs, intervalMs: 250, what: `upgrade ${id}` },
+  );
+
+describe("a site from deploy/docker-compose.yml", () => {
+  it(
+    "five boards go from v1.33.4 to v1.35.1 through v1.34, control plane first, each image fetched from the origin once",
+    { timeout: 240_000 },
+    async () => {
+      using dir = tempDir("ferry-e2e-");
+      const s = await site(dir.path);
+      try {
+        const ls = await s.ferry("nodes", "ls");
+        expect(ls.stdout).toMatch(/cp-1\s+control-plane\s+ls1046a\s+v1.33.4/);
+        const pv = await s.ferry("upgrade", "preview", "v1.35", "--max-unavailable", "2");
+        expect(pv.code).toBe(0);
+        expect(pv.stdout).toMatch(/target v1.35.1: 5 of 5 nodes, 10 reboots/);
+        expect(pv.stdout).toMatch(/wave 1: v1.34.5 control-plane: cp-1/);
+        const watched = await s.ferry("upgrade", "create", "v1.35", "--max-unavailable", "2", "--id", "to-135", "--watch");
+        expect(watched.code, watched.stderr).toBe(0);
+        expect(watched.stdout).toMatch(/upgrade to-135 succeeded 5\/5 100%/);
+        expect(watched.stdout).toMatch(/worker-4 hop 2 v1.34.5→v1.35.1 commit succeeded/);
+        const u = await s.client.getUpgrade({ id: "to-135" });
+        expect(u.progress.map((g) => g.version)).toEqual(Array(5).fill("v1.35.1"));
+        expect(u.staging?.staged).toBe(true);
+        // Two images (v1.34.5 and v1.35.1), each pulled from the origin exactly once.
+        expect(await s.originServed()).toBe(2);
+        const nc = await connectNats({ url: s.c.nats!.url, name: "e2e" });
+        checkPhases(await allEvents({ nc }, "to-135"), new Set(["cp-1"]));
+        await nc.close();
+        // The pins are released when the upgrade ends.
+        const cache = JSON.parse((await s.ferry("--json", "cache", "ls")).stdout) as { blobs: { blobs: Array<{ pinnedBy?: string[] }> } };
+        expect(cache.blobs.blobs.length).toBe(2);
+        expect(cache.blobs.blobs.every((b) => (b.pinnedBy ?? []).length === 0)).toBe(true);
+      } finally {
+        await s.c.down();
+      }
+    },
+  );
+
+  it("a bad release fails health on the canary, which rolls back, and the rollout pauses", { timeout: 180_000 }, async () => {
+    using dir = tempDir("ferry-e2e-");
+    const s = await site(dir.path);
+    try {
+      const r = await s.ferry("upgrade", "create", "v1.33", "--canary", "1", "--id", "bad");
+      expect(r.code, r.stderr).toBe(0);
+      const u = await until(s.client, "bad", (x) => x.phase === P.UPGRADE_PHASE_PAUSED);
+      expect(u.message).toMatch(/failure budget exceeded.*cp-1 HEALTH_FAILED/);
+      const n = await s.client.getNode({ name: "cp-1" });
+      expect(n.status!.currentVersion).toBe("v1.33.4");
+      expect(u.progress.filter((g) => g.node !== "cp-1").every((g) => g.runState === planner.NodeRunState.NODE_RUN_STATE_PENDING)).toBe(true);
+      const cancel = await s.ferry("upgrade", "cancel", "bad", "--reason", "v1.33.9 is broken");
+      expect(cancel.stdout).toMatch(/cancelling: v1.33.9 is broken/);
+      await until(s.client, "bad", (x) => x.phase === P.UPGRADE_PHASE_CANCELLED);
+      const bad = await s.ferry("upgrade", "approve", "bad");
+      expect(bad.code).toBe(1);
+      expect(bad.stderr).toMatch(/^ferry: PlannerService\/ApproveUpgrade: FAILED_PRECONDITION: upgrade bad: it has no canary|ended|canary/);
+    } finally {
+      await s.c.down();
+    }
+  });
+
+  it(
+    "kill -9 of the planner, the distributor and a daemon, and a NATS restart, mid-rollout: every node commits, no event lost",
+    { timeout: 300_000 },
+    async () => {
+      using dir = tempDir("ferry-e2e-");
+      const s = await site(dir.path);
+      try {
+        await s.client.createUpgrade({
+          id: "chaos",
+          spec: {
+            target: "v1.35.1",
+            selector: "",
+            strategy: { maxUnavailable: 2, canary: 0, failureBudget: 0, healthTimeoutSeconds: 120, window: undefined },
+          },
+        });
+        const progressed = (n: number) => until(s.client, "chaos", (u) => u.progress.reduce((a, g) => a + g.hopIndex, 0) >= n);
+        await progressed(1);
+        await s.c.kill("planner");
+        await s.c.start("planner");
+        await s.c.waitHealthy("planner");
+        await progressed(3);
+        await s.c.kill("distributor");
+        await s.c.start("distributor");
+        await s.c.waitHealthy("distributor");
+        // A daemon dies mid-install (the board's supervisor restarts it).
+        const pid = Number(readFileSync(join(dir.path, "volumes", "board-worker-3", "board", "daemon.pid"), "utf8"));
+        process.kill(pid, "SIGKILL");
+        await progressed(5);
+        await s.c.kill("nats", "SIGTERM");
+        await s.c.start("nats");
+        const done = await until(s.client, "chaos", (u) => u.phase === P.UPGRADE_PHASE_SUCCEEDED, 240_000);
+        expect(done.progress.map((g) => g.version)).toEqual(Array(5).fill("v1.35.1"));
+        const nc = await connectNats({ url: s.c.nats!.url, name: "e2e" });
+        await checkNoEventLost({ nc });
+        checkPhases(await allEvents({ nc }, "chaos"), new Set(["cp-1"]));
+        await nc.close();
+      } finally {
+        await s.c.down();
+      }
+    },
+  );
+});
