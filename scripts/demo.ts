@@ -25,7 +25,12 @@ try {
 }
 rmSync(state, { recursive: true, force: true });
 log("starting deploy/docker-compose.yml as local processes (logs in .ferry/demo/logs)...");
-const site = await LocalCompose.up(join(root, "deploy", "docker-compose.yml"), { dir: state, ports: "preferred", logFiles: true, timeoutMs: 120_000 });
+const site = await LocalCompose.up(join(root, "deploy", "docker-compose.yml"), {
+  dir: state,
+  ports: "preferred",
+  logFiles: true,
+  timeoutMs: 120_000,
+});
 let stopping = false;
 const stop = async (code: number) => {
   if (stopping) return;

@@ -150,6 +150,7 @@ export class Planner {
       nodesTotal: 0,
       percent: 0,
       cancelRequested: false,
+      cancelReason: "",
     };
     summarize(u);
     const revision = await this.#d.store.create(u);
@@ -211,6 +212,7 @@ export class Planner {
       (u) => (!isActive(u) ? `it has ended (${phaseName(u)})` : u.cancelRequested ? "already being cancelled" : undefined),
       (u) => {
         u.cancelRequested = true;
+        u.cancelReason = ref.reason;
         u.message = `cancelling${ref.reason ? `: ${ref.reason}` : ""}; nodes past their reboot finish their hop, the others stop`;
       },
     );

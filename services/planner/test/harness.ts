@@ -14,7 +14,7 @@ import { expect } from "vitest";
 import { encodeManifest, MANIFEST_TYPE } from "@ferry/release";
 import { createLogger, type App } from "@ferry/runtime";
 import { formatKeyringJson, generateKeyPair, loadSigningKey, signEnvelope } from "@ferry/signing";
-import { NatsServer, tempDir } from "@ferry/testing";
+import { NatsServer, tempDir, waitFor } from "@ferry/testing";
 
 export const BOARD = "ls1046a";
 
@@ -95,6 +95,7 @@ export class Site implements AsyncDisposable {
     );
     await app.start();
     this.#apps.push(app);
+    await waitFor(() => app.isLeader() && app.controller() !== undefined, { what: "the planner to lead" });
     return { app, addr: `127.0.0.1:${app.port()}`, client: plannerClient(`127.0.0.1:${app.port()}`) };
   }
 
@@ -139,24 +140,33 @@ export async function allEvents(site: { nc: NatsConnection }, upgradeId: string)
   return out;
 }
 
-/** Checks the skew rule over the event order: per hop phase, control plane first, one at a time. */
+/**
+ * Checks the skew rule over the event order: per hop phase, control plane first, one at a
+ * time. A hop starts with the node's first event of that hop (its target is taken from
+ * any event of the hop: a daemon's first events may not name it yet).
+ */
 export function checkPhases(evs: events.StepEvent[], cps: Set<string>, startMinor = 33): void {
   const minor = (v: string) => Number(v.split(".")[1]);
+  const hop = (e: events.StepEvent) => `${e.node}/${e.hopIndex}`;
+  const target = new Map<string, number>();
+  for (const e of evs) if (e.toVersion) target.set(hop(e), minor(e.toVersion));
   const committed = new Map<string, number>([...cps].map((c) => [c, startMinor])); // node → minor committed
   const inFlightCp = new Set<string>();
+  const started = new Set<string>();
   for (const e of evs) {
-    const m = minor(e.toVersion);
-    if (e.step === S.STEP_NAME_PREFLIGHT && e.state === T.STEP_STATE_STARTED) {
+    const m = target.get(hop(e))!;
+    if (!started.has(hop(e))) {
+      started.add(hop(e));
       if (cps.has(e.node)) {
         expect(inFlightCp.size, `${e.node} started while ${[...inFlightCp].join(",")} in flight`).toBe(0);
         inFlightCp.add(e.node);
         // No control-plane node starts minor m+1 before every control-plane node has m.
-        for (const c of cps) if (c !== e.node) expect(committed.get(c)!, `${e.node} → ${e.toVersion} while ${c} lags`).toBeGreaterThanOrEqual(m - 1);
+        for (const c of cps) if (c !== e.node) expect(committed.get(c)!, `${e.node} → v1.${m} while ${c} lags`).toBeGreaterThanOrEqual(m - 1);
       } else {
-        for (const c of cps) expect(committed.get(c)!, `worker ${e.node} → ${e.toVersion} before ${c}`).toBeGreaterThanOrEqual(m);
+        for (const c of cps) expect(committed.get(c)!, `worker ${e.node} → v1.${m} before ${c}`).toBeGreaterThanOrEqual(m);
       }
     }
-    if (e.step === S.STEP_NAME_REPORT) {
+    if (e.step === S.STEP_NAME_REPORT && (e.state === T.STEP_STATE_SUCCEEDED || e.state === T.STEP_STATE_FAILED)) {
       inFlightCp.delete(e.node);
       if (e.state === T.STEP_STATE_SUCCEEDED) committed.set(e.node, m);
     }

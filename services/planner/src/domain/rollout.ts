@@ -237,7 +237,8 @@ export function decide(u: planner.Upgrade, w: World): Decisions {
     u.phase = u.cancelRequested ? P.UPGRADE_PHASE_CANCELLED : failed > 0 || skipped > 0 ? P.UPGRADE_PHASE_FAILED : P.UPGRADE_PHASE_SUCCEEDED;
     u.finishedAt = w.now;
     const ok = u.progress.filter((g) => g.runState === R.NODE_RUN_STATE_SUCCEEDED).length;
-    u.message = `${ok} of ${u.progress.length} nodes on their target${failed ? `, ${failed} failed` : ""}${skipped ? `, ${skipped} not upgraded` : ""}`;
+    const why = u.cancelRequested ? `cancelled${u.cancelReason ? ` (${u.cancelReason})` : ""}: ` : "";
+    u.message = `${why}${ok} of ${u.progress.length} nodes on their target${failed ? `, ${failed} failed` : ""}${skipped ? `, ${skipped} not upgraded` : ""}`;
     d.changed = true;
   }
   return d;
