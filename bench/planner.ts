@@ -52,9 +52,9 @@ function manifest(version: string): events.ReleaseManifest {
         arch: "arm64",
         url: `http://origin.invalid/${version}.img.zst`,
         format: 3,
-        compressedSize: 1 << 30,
+        compressedSize: 2 ** 30,
         compressedSha256: digest,
-        rawSize: 2 << 30,
+        rawSize: 2 ** 31,
         rawSha256: digest,
       },
     ],
@@ -160,7 +160,7 @@ async function main() {
       step: 3,
       state: 2,
       bytesDone: i,
-      bytesTotal: 1 << 30,
+      bytesTotal: 2 ** 30,
       seq,
       time: new Date(),
     });
@@ -171,10 +171,11 @@ async function main() {
   const publishS = (performance.now() - tp) / 1000;
   const publishRate = BACKLOG / publishS;
   log(`bare publish loop: ${BACKLOG} events in ${publishS.toFixed(2)} s = ${publishRate.toFixed(0)}/s`);
-  ({ p: proc, client } = await startPlanner());
-  const ti = performance.now();
   const jsm = await jetstreamManager(nc);
   const lastSeq = (await jsm.streams.info(EVENTS_STREAM)).state.last_seq;
+  ({ p: proc, client } = await startPlanner());
+  // From the moment the planner's durable consumer starts (its own log line, same clock).
+  const ti = Date.parse((await proc.waitForLog((l) => l.msg === "consuming step events")).time as string);
   await waitFor(
     async () => {
       const ci = await jsm.consumers.info(EVENTS_STREAM, "ferry-planner");
@@ -182,12 +183,13 @@ async function main() {
     },
     { timeoutMs: 300_000, intervalMs: 10 },
   );
-  const ingestS = (performance.now() - ti) / 1000;
+  const ingestS = (Date.now() - ti) / 1000;
   const ingestRate = BACKLOG / ingestS;
   log(`planner ingest: ${BACKLOG} events applied, persisted and acked in ${ingestS.toFixed(2)} s = ${ingestRate.toFixed(0)}/s`);
 
-  // 3. Preview of many nodes.
+  // 3. Preview of many nodes (in place of the simulated fleet: one cluster per inventory).
   const kv = await openBucket(nc, BUCKETS.nodes);
+  for (const n of names) await kv.purge(n);
   const versions = ["v1.33.4", "v1.34.5"];
   for (let i = 0; i < PREVIEW; i += 500)
     await Promise.all(

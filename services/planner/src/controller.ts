@@ -108,6 +108,7 @@ export class Controller {
       max_ack_pending: 100_000,
     });
     const consumer = await jetstream(this.#d.nc).consumers.get(EVENTS_STREAM, CONSUMER);
+    this.#d.log.info({ consumer: CONSUMER, upgrades: this.#working.size }, "consuming step events");
     this.#messages = await consumer.consume({ max_messages: 2000 });
     const messages = this.#messages;
     void (async () => {
