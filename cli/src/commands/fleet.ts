@@ -344,7 +344,11 @@ export function registerFleetCommands(program: Command, ctx: Ctx): void {
           envelopes.push({ name: e.name, env: events.SignedEnvelope.fromJSON(JSON.parse(Buffer.concat(chunks).toString())) });
         } else if (e.name.startsWith("blobs/sha256/")) {
           const digest = e.name.slice("blobs/sha256/".length);
-          await using(ctx, "distributor", (c) => c.importBlob(blobRequests(digest, e.size, e.body)));
+          // A read error (a truncated bundle) ends the upload early and is what gets reported.
+          const failure: { err?: Error } = {};
+          await using(ctx, "distributor", (c) => c.importBlob(blobRequests(digest, e.size, guarded(e.body, failure)))).catch((err: unknown) => {
+            throw failure.err ?? err;
+          });
           imported.push(digest);
         }
       }
@@ -383,6 +387,14 @@ async function sha256File(file: string): Promise<string> {
 async function* blobRequests(digest: string, size: number, body: AsyncIterable<Buffer>): AsyncGenerator<distributor.ImportBlobRequest> {
   yield { header: { digest, size, localPath: "" } };
   for await (const c of body) for (let i = 0; i < c.length; i += 1 << 20) yield { chunk: c.subarray(i, i + (1 << 20)) };
+}
+
+async function* guarded(body: AsyncIterable<Buffer>, failure: { err?: Error }): AsyncGenerator<Buffer> {
+  try {
+    for await (const c of body) yield c;
+  } catch (err) {
+    failure.err = new CliError((err as Error).message);
+  }
 }
 
 function importBlob(ctx: Ctx, file: string, digest: string, size: number) {
