@@ -73,7 +73,9 @@ describe("ferry bundle and cache", () => {
     // cache import of a file whose digest is given wrongly: refused by the distributor.
     const bad = await ferry("cache", "import", img, "--digest", "a".repeat(64));
     expect(bad.code).toBe(1);
-    expect(bad.stderr).toMatch(/^ferry: DistributorService\/ImportBlob: INVALID_ARGUMENT: the bytes. sha256 is [0-9a-f]{64}, not a{64}; nothing was stored/);
+    expect(bad.stderr).toMatch(
+      /^ferry: DistributorService\/ImportBlob: INVALID_ARGUMENT: the bytes. sha256 is [0-9a-f]{64}, not a{64}; nothing was stored/,
+    );
 
     // Broken bundles: missing image file, truncated tar, not a tar.
     const noImg = await ferry("bundle", "create", "v1.36.0.env", "-o", "c.tar");

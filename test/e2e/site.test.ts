@@ -3,7 +3,7 @@
 // (real node-daemons, real U-Boot environment tools, real reboots of the simulated board).
 // Operated with the real `ferry` CLI and gRPC.
 import { execFile } from "node:child_process";
-import { readFileSync } from "node:fs";
+import { cpSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import { promisify } from "node:util";
 import { describe, expect, it } from "vitest";
@@ -18,7 +18,7 @@ const COMPOSE = join(repoRoot, "deploy/docker-compose.yml");
 const P = planner.UpgradePhase;
 
 async function site(dir: string) {
-  const c = await LocalCompose.up(COMPOSE, { dir, env: { planner: { FERRY_PLANNER_LEASE_MS: "2000" } } });
+  const c = await LocalCompose.up(COMPOSE, { dir, logFiles: true, env: { planner: { FERRY_PLANNER_LEASE_MS: "2000" } } });
   await c.procs.get("demo-origin")!.waitForLog((l) => l.msg === "demo releases published", 30_000);
   const plannerAddr = c.addr("planner", 7402);
   const client = createClient(planner.PlannerServiceService, plannerAddr);
@@ -55,19 +55,24 @@ async function site(dir: string) {
   return { c, client, ferry, originServed };
 }
 
-const until = (
+const until = async (
   client: ReturnType<typeof createClient<typeof planner.PlannerServiceService>>,
   id: string,
   pred: (u: planner.Upgrade) => boolean,
   timeoutMs = 120_000,
-) =>
-  waitFor(
+) => {
+  let last: planner.Upgrade | undefined;
+  return waitFor(
     async () => {
-      const u = await client.getUpgrade({ id });
-      return pred(u) ? u : undefined;
+      last = await client.getUpgrade({ id });
+      return pred(last) ? last : undefined;
     },
     { timeoutMs, intervalMs: 250, what: `upgrade ${id}` },
-  );
+  ).catch((err: Error) => {
+    const nodes = last?.progress.map((g) => `${g.node} ${planner.nodeRunStateToJSON(g.runState)} hop ${g.hopIndex} ${g.message}`).join("; ");
+    throw new Error(`${err.message}: ${last ? `${planner.upgradePhaseToJSON(last.phase)} ${last.message}: ${nodes}` : "never read"}`);
+  });
+};
 
 describe("a site from deploy/docker-compose.yml", () => {
   it(
@@ -163,6 +168,10 @@ describe("a site from deploy/docker-compose.yml", () => {
         await checkNoEventLost({ nc });
         checkPhases(await allEvents({ nc }, "chaos"), new Set(["cp-1"]));
         await nc.close();
+      } catch (err) {
+        const keep = `/tmp/ferry-e2e-logs-${Date.now()}`;
+        cpSync(join(dir.path, "logs"), keep, { recursive: true });
+        throw new Error(`${(err as Error).message}\n(service logs kept in ${keep})`);
       } finally {
         await s.c.down();
       }

@@ -67,6 +67,18 @@ async function portIsFree(port: number): Promise<boolean> {
   });
 }
 
+/**
+ * A free port below the kernel's ephemeral range (32768+), so no outgoing connection can
+ * take it between now and when the service binds it (services restart on the same port).
+ */
+async function stablePort(): Promise<number> {
+  for (let i = 0; i < 200; i++) {
+    const p = 20000 + Math.floor(Math.random() * 12000);
+    if (await portIsFree(p)) return p;
+  }
+  return freePort();
+}
+
 const str = (v: unknown) => (v === null || v === undefined ? "" : String(v));
 
 export class LocalCompose implements AsyncDisposable {
@@ -109,7 +121,7 @@ export class LocalCompose implements AsyncDisposable {
     let p = this.#ports.get(key);
     if (p === undefined) {
       const published = this.#published.get(key);
-      p = this.#o.ports === "preferred" && published !== undefined && (await portIsFree(published)) ? published : await freePort();
+      p = this.#o.ports === "preferred" && published !== undefined && (await portIsFree(published)) ? published : await stablePort();
       this.#ports.set(key, p);
     }
     return p;

@@ -5,7 +5,9 @@
 // assignments projected from the state. A crash anywhere in between is harmless: the
 // state in KV is always what was decided, unacked events come back (and are deduped by
 // the node's sequence), and assignments are rewritten from the state, byte-identical,
-// so no node is ever commanded twice.
+// so no node is ever commanded twice. Acks are explicit, one per event: with ack-all, a
+// later event acked by a new leader would also ack an earlier one that was delivered to
+// the old leader and never applied.
 import { jetstreamManager, jetstream, AckPolicy, DeliverPolicy, type JsMsg, type ConsumerMessages } from "@nats-io/jetstream";
 import { events, planner } from "@ferry/proto";
 import { EVENTS_STREAM, eventFilter, type KV, type NatsConnection } from "@ferry/messaging";
@@ -70,7 +72,8 @@ export class Controller {
   readonly #assigned = new Map<string, { a: events.Assignment; key: string }>();
   readonly #staging = new Map<string, AbortController>();
   #messages: ConsumerMessages | undefined;
-  #lastMsg: JsMsg | undefined;
+  /** Events applied in memory but not yet persisted, so not yet acked. */
+  #unacked: JsMsg[] = [];
   #timer: NodeJS.Timeout | undefined;
   #running = false;
   #again = false;
@@ -99,14 +102,23 @@ export class Controller {
       }
     }
     const jsm = await jetstreamManager(this.#d.nc);
-    await jsm.consumers.add(EVENTS_STREAM, {
+    const config = {
       durable_name: CONSUMER,
-      ack_policy: AckPolicy.All,
+      ack_policy: AckPolicy.Explicit,
       deliver_policy: DeliverPolicy.All,
       filter_subject: eventFilter(),
       ack_wait: 10_000_000_000,
       max_ack_pending: 100_000,
-    });
+    };
+    try {
+      await jsm.consumers.add(EVENTS_STREAM, config);
+    } catch (err) {
+      // A consumer made with another (immutable) ack policy: start it again from the
+      // beginning; every event already applied is a duplicate by its sequence.
+      this.#d.log.warn({ err: (err as Error).message }, "recreating the events consumer");
+      await jsm.consumers.delete(EVENTS_STREAM, CONSUMER);
+      await jsm.consumers.add(EVENTS_STREAM, config);
+    }
     const consumer = await jetstream(this.#d.nc).consumers.get(EVENTS_STREAM, CONSUMER);
     this.#d.log.info({ consumer: CONSUMER, upgrades: this.#working.size }, "consuming step events");
     this.#messages = await consumer.consume({ max_messages: 2000 });
@@ -124,9 +136,10 @@ export class Controller {
     clearInterval(this.#timer);
     for (const c of this.#staging.values()) c.abort();
     this.#staging.clear();
+    // What was applied but not persisted comes back to the next leader at once.
+    for (const m of this.#unacked.splice(0)) m.nak();
     await this.#messages?.close().catch(() => undefined);
     this.#messages = undefined;
-    this.#lastMsg = undefined;
     this.#working.clear();
     this.#assigned.clear();
     for (const w of this.#waiters.splice(0)) w();
@@ -139,7 +152,7 @@ export class Controller {
       e = events.StepEvent.decode(m.data);
     } catch {
       this.#d.log.warn({ subject: m.subject, seq: m.seq }, "undecodable step event skipped");
-      this.#lastMsg = m;
+      m.term();
       return;
     }
     const w = this.#working.get(e.upgradeId);
@@ -147,7 +160,7 @@ export class Controller {
       w.dirty = true;
       this.ingested++;
     }
-    this.#lastMsg = m;
+    this.#unacked.push(m);
     void this.kick();
   }
 
@@ -192,7 +205,7 @@ export class Controller {
 
   async #tick(): Promise<void> {
     if (!this.#d.isLeader()) return;
-    const ackUpTo = this.#lastMsg;
+    const toAck = this.#unacked.splice(0);
     const w = this.world();
     const ordered = [...this.#working.values()].sort((a, b) => (a.u.createdAt?.getTime() ?? 0) - (b.u.createdAt?.getTime() ?? 0));
     for (const x of ordered) {
@@ -227,18 +240,19 @@ export class Controller {
     // Persist, then ack, then command.
     for (const x of this.#working.values()) {
       if (!x.dirty) continue;
-      if (!this.#d.isLeader()) return;
+      if (!this.#d.isLeader()) return void this.#unacked.unshift(...toAck);
       summarize(x.u);
       x.u.updatedAt = new Date();
       try {
         x.revision = await this.#d.store.update(x.u, x.revision);
         x.dirty = false;
       } catch (err) {
+        this.#unacked.unshift(...toAck);
         this.#d.onConflict((err as Error).message);
         return;
       }
     }
-    ackUpTo?.ack();
+    for (const m of toAck) m.ack();
     await this.#syncAssignments();
   }
 
