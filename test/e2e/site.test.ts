@@ -17,8 +17,8 @@ const exec = promisify(execFile);
 const COMPOSE = join(repoRoot, "deploy/docker-compose.yml");
 const P = planner.UpgradePhase;
 
-async function site(dir: string) {
-  const c = await LocalCompose.up(COMPOSE, { dir, logFiles: true, env: { planner: { FERRY_PLANNER_LEASE_MS: "2000" } } });
+async function site(dir: string, env: Record<string, Record<string, string>> = {}) {
+  const c = await LocalCompose.up(COMPOSE, { dir, logFiles: true, env: { planner: { FERRY_PLANNER_LEASE_MS: "2000" }, ...env } });
   await c.procs.get("demo-origin")!.waitForLog((l) => l.msg === "demo releases published", 30_000);
   const plannerAddr = c.addr("planner", 7402);
   const client = createClient(planner.PlannerServiceService, plannerAddr);
@@ -127,6 +127,32 @@ describe("a site from deploy/docker-compose.yml", () => {
       const bad = await s.ferry("upgrade", "approve", "bad");
       expect(bad.code).toBe(1);
       expect(bad.stderr).toMatch(/^ferry: PlannerService\/ApproveUpgrade: FAILED_PRECONDITION: upgrade bad: it has no canary|ended|canary/);
+    } finally {
+      await s.c.down();
+    }
+  });
+
+  it("three control-plane boards (real daemons): one at a time, never two minors apart", { timeout: 240_000 }, async () => {
+    using dir = tempDir("ferry-e2e-");
+    const s = await site(dir.path, { "board-worker-1": { FERRY_ROLE: "control-plane" }, "board-worker-2": { FERRY_ROLE: "control-plane" } });
+    try {
+      await s.client.createUpgrade({
+        id: "three",
+        spec: {
+          target: "v1.35.1",
+          selector: "",
+          strategy: { maxUnavailable: 2, canary: 0, failureBudget: 0, healthTimeoutSeconds: 120, window: undefined },
+        },
+      });
+      await until(s.client, "three", (u) => u.phase === P.UPGRADE_PHASE_SUCCEEDED, 200_000);
+      const nc = await connectNats({ url: s.c.nats!.url, name: "e2e" });
+      checkPhases(await allEvents({ nc }, "three"), new Set(["cp-1", "worker-1", "worker-2"]));
+      // WatchUpgrade replays from a given stream sequence.
+      const evs = [];
+      for await (const r of s.client.watchUpgrade({ id: "three", fromStreamSeq: 100 })) if (r.event) evs.push(r.streamSeq);
+      expect(evs[0]).toBeGreaterThanOrEqual(100);
+      expect(evs).toEqual([...evs].sort((a, b) => a - b));
+      await nc.close();
     } finally {
       await s.c.down();
     }

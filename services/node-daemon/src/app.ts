@@ -117,7 +117,7 @@ export function createApp(config: Config, logger: Logger, over: DaemonOverrides 
       }),
       daemonVersion: DAEMON_VERSION,
       lastHeartbeat: new Date(),
-      labels: {},
+      labels: config.labelMap,
       state: !j
         ? s?.lastResult?.outcome === "failed" || s?.lastResult?.outcome === "rolled-back"
           ? events.NodeState.NODE_STATE_FAILED

@@ -35,17 +35,24 @@ const vars = {
     "the version the running OS image ships (seeds the committed version before the first Ferry install)",
   ),
   heartbeatMs: v.int("FERRY_HEARTBEAT_MS", "status heartbeat interval", 5000, 100),
+  labels: v.string("FERRY_NODE_LABELS", 'labels reported with the heartbeat for upgrade selectors, "k=v,k2=v2"', ""),
 };
 
-export type Config = ReturnType<typeof readConfig<typeof vars>> & { security: GrpcSecurity };
+export type Config = ReturnType<typeof readConfig<typeof vars>> & { security: GrpcSecurity; labelMap: Record<string, string> };
 
 export function loadConfig(env: Env = process.env): Config {
   const c = readConfig(vars, env);
+  const labelMap: Record<string, string> = {};
+  for (const kv of c.labels.split(",").filter((x) => x.trim())) {
+    const m = /^\s*([A-Za-z0-9][-A-Za-z0-9_./]*)=([-A-Za-z0-9_.]*)\s*$/.exec(kv);
+    if (!m) throw new ConfigError([`FERRY_NODE_LABELS: "${kv}" is not key=value (keys and values of [A-Za-z0-9-_./])`]);
+    labelMap[m[1]!] = m[2]!;
+  }
   try {
     const checks = JSON.parse(c.healthChecks) as unknown;
     if (!Array.isArray(checks)) throw new Error("not a list");
   } catch (err) {
     throw new ConfigError([`FERRY_HEALTH_CHECKS is not a JSON list: ${(err as Error).message}`]);
   }
-  return { ...c, security: loadGrpcSecurity(env) };
+  return { ...c, security: loadGrpcSecurity(env), labelMap };
 }
