@@ -2,43 +2,20 @@
 // tar) made where the release was built and imported at a site from deploy/docker-compose.yml
 // (catalog + distributor, no WAN): the image lands in the distributor (digest checked),
 // the release in the catalog. Plus the cache commands and bad bundles.
-import { execFile } from "node:child_process";
 import { truncateSync, writeFileSync, statSync } from "node:fs";
 import { join } from "node:path";
-import { promisify } from "node:util";
 import { zstdCompressSync } from "node:zlib";
 import { describe, expect, it } from "vitest";
 import { osImage } from "@ferry/node-daemon/sim/board";
 import { LocalCompose, repoRoot, tempDir } from "@ferry/testing";
-
-const exec = promisify(execFile);
+import { ferryCli } from "./cli.ts";
 
 describe("ferry bundle and cache", () => {
   it("creates a bundle, imports it into a site, and refuses broken ones with one clear line", { timeout: 120_000 }, async () => {
     using dir = tempDir("ferry-bundle-");
     await using site = await LocalCompose.up(join(repoRoot, "deploy/docker-compose.yml"), { dir: dir.path, only: ["catalog", "distributor"] });
     await site.procs.get("demo-origin")!.waitForLog((l) => l.msg === "demo releases published", 30_000);
-    const ferry = async (...args: string[]) => {
-      try {
-        const r = await exec(
-          process.execPath,
-          [join(repoRoot, "cli/src/main.ts"), "--catalog", site.addr("catalog", 7401), "--distributor", site.addr("distributor", 7403), ...args],
-          {
-            cwd: dir.path,
-            env: { PATH: process.env.PATH ?? "" },
-          },
-        );
-        return { code: 0, stdout: r.stdout, stderr: r.stderr };
-      } catch (err) {
-        const e = err as { code: number; stdout: string; stderr: string };
-        return { code: e.code, stdout: e.stdout, stderr: e.stderr };
-      }
-    };
-    const ok = async (...args: string[]) => {
-      const r = await ferry(...args);
-      if (r.code !== 0) throw new Error(`ferry ${args.join(" ")} failed (${r.code}): ${r.stderr}`);
-      return r.stdout;
-    };
+    const { run: ferry, ok } = ferryCli(() => ["--catalog", site.addr("catalog", 7401), "--distributor", site.addr("distributor", 7403)], dir.path);
     const key = join(dir.path, "volumes/site-config/release.key");
     const img = join(dir.path, "os-v1.36.0.img.zst");
     writeFileSync(img, zstdCompressSync(osImage("v1.36.0", "healthy", 3 * 1024 * 1024 + 5)));

@@ -1,15 +1,12 @@
 // End to end, the release engineer's day one: the real ferry CLI against a real catalog and NATS:
 // keys, keyring, manifest from an image, sign, co-sign, publish, list, path, errors.
-import { execFile } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import { readFileSync, statSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
-import { promisify } from "node:util";
 import { zstdCompressSync } from "node:zlib";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { NatsServer, repoRoot, ServiceProcess, tempDir } from "@ferry/testing";
-
-const exec = promisify(execFile);
+import { NatsServer, ServiceProcess, tempDir } from "@ferry/testing";
+import { ferryCli } from "./cli.ts";
 
 describe("ferry CLI", () => {
   const dir = tempDir("ferry-cli-");
@@ -18,23 +15,7 @@ describe("ferry CLI", () => {
   let addr = "";
   const p = (f: string) => join(dir.path, f);
 
-  async function ferry(...args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
-    try {
-      const r = await exec(process.execPath, [join(repoRoot, "cli/src/main.ts"), "--catalog", addr, ...args], {
-        cwd: dir.path,
-        env: { PATH: process.env.PATH ?? "" },
-      });
-      return { code: 0, stdout: r.stdout, stderr: r.stderr };
-    } catch (err) {
-      const e = err as { code: number; stdout: string; stderr: string };
-      return { code: e.code, stdout: e.stdout, stderr: e.stderr };
-    }
-  }
-  const ok = async (...args: string[]) => {
-    const r = await ferry(...args);
-    if (r.code !== 0) throw new Error(`ferry ${args.join(" ")} failed (${r.code}): ${r.stderr}`);
-    return r.stdout;
-  };
+  const { run: ferry, ok } = ferryCli(() => ["--catalog", addr], dir.path);
 
   beforeAll(async () => {
     nats = await NatsServer.start();
@@ -118,11 +99,9 @@ describe("ferry CLI", () => {
     const bad = await ferry("releases", "sign", p("bad.json"), "--key", p("alice.key"));
     expect(bad.code).toBe(1);
     expect(bad.stderr).toMatch(/^ferry: manifest.images must be a list/);
-    const down = await exec(process.execPath, [join(repoRoot, "cli/src/main.ts"), "--catalog", "127.0.0.1:1", "releases", "ls"]).catch(
-      (e: { code: number; stderr: string }) => e,
-    );
-    expect((down as { code: number }).code).toBe(3);
-    expect((down as { stderr: string }).stderr).toMatch(/^ferry: CatalogService\/ListReleases: UNAVAILABLE/);
+    const down = await ferryCli(() => ["--catalog", "127.0.0.1:1"]).run("releases", "ls");
+    expect(down.code).toBe(3);
+    expect(down.stderr).toMatch(/^ferry: CatalogService\/ListReleases: UNAVAILABLE/);
   });
 
   it("explains usage errors", async () => {

@@ -2,18 +2,16 @@
 // the catalog, the planner, the distributor, the demo origin and five simulated boards
 // (real node-daemons, real U-Boot environment tools, real reboots of the simulated board).
 // Operated with the real `ferry` CLI and gRPC.
-import { execFile } from "node:child_process";
 import { cpSync, readFileSync } from "node:fs";
 import { join } from "node:path";
-import { promisify } from "node:util";
 import { describe, expect, it } from "vitest";
 import { planner } from "@ferry/proto";
 import { createClient } from "@ferry/grpc";
 import { connectNats } from "@ferry/messaging";
 import { LocalCompose, repoRoot, tempDir, waitFor } from "@ferry/testing";
+import { ferryCli } from "./cli.ts";
 import { allEvents, checkPhases, checkNoEventLost } from "../../services/planner/test/harness.ts";
 
-const exec = promisify(execFile);
 const COMPOSE = join(repoRoot, "deploy/docker-compose.yml");
 const P = planner.UpgradePhase;
 
@@ -26,33 +24,34 @@ async function site(dir: string, env: Record<string, Record<string, string>> = {
     timeoutMs: 60_000,
     what: "five boards",
   });
-  const ferry = async (...args: string[]) => {
-    try {
-      const r = await exec(
-        process.execPath,
-        [
-          join(repoRoot, "cli/src/main.ts"),
-          "--planner",
-          plannerAddr,
-          "--catalog",
-          c.addr("catalog", 7401),
-          "--distributor",
-          c.addr("distributor", 7403),
-          ...args,
-        ],
-        {
-          env: { PATH: process.env.PATH ?? "" },
-          maxBuffer: 64 << 20,
-        },
-      );
-      return { code: 0, stdout: r.stdout, stderr: r.stderr };
-    } catch (err) {
-      const e = err as { code: number; stdout: string; stderr: string };
-      return { code: e.code, stdout: e.stdout, stderr: e.stderr };
-    }
-  };
+  const { run: ferry } = ferryCli(() => [
+    "--planner",
+    plannerAddr,
+    "--catalog",
+    c.addr("catalog", 7401),
+    "--distributor",
+    c.addr("distributor", 7403),
+  ]);
+  const volume = (...path: string[]) => join(dir, "volumes", ...path);
   const originServed = async () => ((await (await fetch(`http://${c.addr("demo-origin", 7490)}/stats`)).json()) as { served: number }).served;
-  return { c, client, ferry, originServed };
+  return { c, client, ferry, originServed, volume };
+}
+
+type SiteT = Awaited<ReturnType<typeof site>>;
+
+/** Runs a scenario on a fresh site; its service logs are kept in /tmp when it fails. */
+async function withSite(env: Record<string, Record<string, string>>, fn: (s: SiteT) => Promise<void>): Promise<void> {
+  using dir = tempDir("ferry-e2e-");
+  const s = await site(dir.path, env);
+  try {
+    await fn(s);
+  } catch (err) {
+    const keep = `/tmp/ferry-e2e-logs-${Date.now()}`;
+    cpSync(join(dir.path, "logs"), keep, { recursive: true });
+    throw new Error(`${(err as Error).message}\n(service logs kept in ${keep})`);
+  } finally {
+    await s.c.down();
+  }
 }
 
 const until = async (
@@ -79,10 +78,8 @@ describe("a site from deploy/docker-compose.yml", () => {
     "five boards go from v1.33.4 to v1.35.1 through v1.34, control plane first, each image fetched from the origin once",
     { timeout: 240_000 },
     async () => {
-      using dir = tempDir("ferry-e2e-");
-      const s = await site(dir.path);
-      try {
-        const ls = await s.ferry("nodes", "ls");
+      await withSite({}, async (s) => {
+        const ls = await s.ferry("nodes", "ls", "-l", "site=demo");
         expect(ls.stdout).toMatch(/cp-1\s+control-plane\s+ls1046a\s+v1.33.4/);
         const pv = await s.ferry("upgrade", "preview", "v1.35", "--max-unavailable", "2");
         expect(pv.code).toBe(0);
@@ -104,16 +101,12 @@ describe("a site from deploy/docker-compose.yml", () => {
         const cache = JSON.parse((await s.ferry("--json", "cache", "ls")).stdout) as { blobs: { blobs: Array<{ pinnedBy?: string[] }> } };
         expect(cache.blobs.blobs.length).toBe(2);
         expect(cache.blobs.blobs.every((b) => (b.pinnedBy ?? []).length === 0)).toBe(true);
-      } finally {
-        await s.c.down();
-      }
+      });
     },
   );
 
   it("a bad release fails health on the canary, which rolls back, and the rollout pauses", { timeout: 180_000 }, async () => {
-    using dir = tempDir("ferry-e2e-");
-    const s = await site(dir.path);
-    try {
+    await withSite({}, async (s) => {
       const r = await s.ferry("upgrade", "create", "v1.33", "--canary", "1", "--id", "bad");
       expect(r.code, r.stderr).toBe(0);
       const u = await until(s.client, "bad", (x) => x.phase === P.UPGRADE_PHASE_PAUSED);
@@ -127,15 +120,11 @@ describe("a site from deploy/docker-compose.yml", () => {
       const bad = await s.ferry("upgrade", "approve", "bad");
       expect(bad.code).toBe(1);
       expect(bad.stderr).toMatch(/^ferry: PlannerService\/ApproveUpgrade: FAILED_PRECONDITION: upgrade bad: it has no canary|ended|canary/);
-    } finally {
-      await s.c.down();
-    }
+    });
   });
 
   it("three control-plane boards (real daemons): one at a time, never two minors apart", { timeout: 240_000 }, async () => {
-    using dir = tempDir("ferry-e2e-");
-    const s = await site(dir.path, { "board-worker-1": { FERRY_ROLE: "control-plane" }, "board-worker-2": { FERRY_ROLE: "control-plane" } });
-    try {
+    await withSite({ "board-worker-1": { FERRY_ROLE: "control-plane" }, "board-worker-2": { FERRY_ROLE: "control-plane" } }, async (s) => {
       await s.client.createUpgrade({
         id: "three",
         spec: {
@@ -153,18 +142,14 @@ describe("a site from deploy/docker-compose.yml", () => {
       expect(evs[0]).toBeGreaterThanOrEqual(100);
       expect(evs).toEqual([...evs].sort((a, b) => a - b));
       await nc.close();
-    } finally {
-      await s.c.down();
-    }
+    });
   });
 
   it(
     "kill -9 of the planner, the distributor and a daemon, and a NATS restart, mid-rollout: every node commits, no event lost",
     { timeout: 300_000 },
     async () => {
-      using dir = tempDir("ferry-e2e-");
-      const s = await site(dir.path);
-      try {
+      await withSite({}, async (s) => {
         await s.client.createUpgrade({
           id: "chaos",
           spec: {
@@ -183,7 +168,7 @@ describe("a site from deploy/docker-compose.yml", () => {
         await s.c.start("distributor");
         await s.c.waitHealthy("distributor");
         // A daemon dies mid-install (the board's supervisor restarts it).
-        const pid = Number(readFileSync(join(dir.path, "volumes", "board-worker-3", "board", "daemon.pid"), "utf8"));
+        const pid = Number(readFileSync(s.volume("board-worker-3", "board", "daemon.pid"), "utf8"));
         process.kill(pid, "SIGKILL");
         await progressed(5);
         await s.c.kill("nats", "SIGTERM");
@@ -194,13 +179,7 @@ describe("a site from deploy/docker-compose.yml", () => {
         await checkNoEventLost({ nc });
         checkPhases(await allEvents({ nc }, "chaos"), new Set(["cp-1"]));
         await nc.close();
-      } catch (err) {
-        const keep = `/tmp/ferry-e2e-logs-${Date.now()}`;
-        cpSync(join(dir.path, "logs"), keep, { recursive: true });
-        throw new Error(`${(err as Error).message}\n(service logs kept in ${keep})`);
-      } finally {
-        await s.c.down();
-      }
+      });
     },
   );
 });

@@ -1,11 +1,11 @@
 // NATS connections (reconnecting forever), KV buckets and the events stream.
 import { connect, type NatsConnection } from "@nats-io/transport-node";
 import { jetstreamManager } from "@nats-io/jetstream";
-import { Kvm, type KV } from "@nats-io/kv";
+import { Kvm, type KV, type KvEntry } from "@nats-io/kv";
 import { unavailable } from "@ferry/runtime";
 import { EVENTS_STREAM, EVENTS_SUBJECT_PREFIX } from "./names.ts";
 
-export type { NatsConnection, KV };
+export type { NatsConnection, KV, KvEntry };
 
 export interface ConnectOptions {
   /** Comma-separated nats:// URLs. */
@@ -87,4 +87,26 @@ export async function ensureEventsStream(nc: NatsConnection, opts: EventsStreamO
   } catch {
     await jsm.streams.add(config);
   }
+}
+
+/**
+ * Mirrors the keys of a bucket matching `key` (a KV filter such as `upgrades.>`): calls
+ * `onEntry` for every current value, resolves once all of them are in, and keeps calling it
+ * for every later change until the returned `stop` is called.
+ */
+export async function mirrorBucket(kv: KV, key: string, onEntry: (e: KvEntry) => void): Promise<() => void> {
+  let any = false;
+  for await (const _ of await kv.keys(key)) any = true;
+  const watcher = await kv.watch({ key });
+  let loaded!: () => void;
+  const done = new Promise<void>((r) => (loaded = r));
+  if (!any) loaded();
+  void (async () => {
+    for await (const e of watcher) {
+      onEntry(e);
+      if (e.delta === 0) loaded();
+    }
+  })();
+  await done;
+  return () => watcher.stop();
 }

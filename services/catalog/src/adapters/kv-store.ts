@@ -6,7 +6,7 @@
 //   edges.<from>=<to>       catalog.v1.BlockedEdge
 import { catalog } from "@ferry/proto";
 import { aborted } from "@ferry/runtime";
-import type { KV } from "@ferry/messaging";
+import { mirrorBucket, type KV } from "@ferry/messaging";
 
 type Release = catalog.Release;
 type Alias = catalog.Alias;
@@ -32,25 +32,8 @@ export class KvCatalogStore {
 
   /** Loads every key and keeps following changes; resolves once the snapshot is loaded. */
   async start(): Promise<void> {
-    const status = await this.#kv.status();
-    const watcher = await this.#kv.watch({ key: ">" });
-    this.#stop = () => watcher.stop();
-    let resolveReady!: () => void;
-    const ready = new Promise<void>((r) => (resolveReady = r));
-    if (status.values === 0) {
-      this.#ready = true;
-      resolveReady();
-    }
-    void (async () => {
-      for await (const e of watcher) {
-        this.#apply(e.key, e.operation === "PUT" ? e.value : undefined, e.revision);
-        if (!this.#ready && e.delta === 0) {
-          this.#ready = true;
-          resolveReady();
-        }
-      }
-    })();
-    await ready;
+    this.#stop = await mirrorBucket(this.#kv, ">", (e) => this.#apply(e.key, e.operation === "PUT" ? e.value : undefined, e.revision));
+    this.#ready = true;
   }
 
   stop(): void {

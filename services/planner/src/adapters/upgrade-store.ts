@@ -5,7 +5,7 @@
 // followers too; only the leader writes.
 import { zstdCompressSync, zstdDecompressSync } from "node:zlib";
 import { planner } from "@ferry/proto";
-import type { KV } from "@ferry/messaging";
+import { mirrorBucket, type KV } from "@ferry/messaging";
 import { aborted } from "@ferry/runtime";
 
 const PREFIX = "upgrades.";
@@ -32,20 +32,9 @@ export class UpgradeStore {
 
   /** Loads every upgrade and keeps following changes; resolves once the snapshot is in. */
   async start(): Promise<void> {
-    let any = false;
-    for await (const _ of await this.#kv.keys(`${PREFIX}>`)) any = true;
-    const watcher = await this.#kv.watch({ key: `${PREFIX}>` });
-    this.#stop = () => watcher.stop();
-    let loaded!: () => void;
-    const done = new Promise<void>((r) => (loaded = r));
-    if (!any) loaded();
-    void (async () => {
-      for await (const e of watcher) {
-        this.#apply(e.key.slice(PREFIX.length), e.operation === "PUT" ? e.value : undefined, e.revision);
-        if (e.delta === 0) loaded();
-      }
-    })();
-    await done;
+    this.#stop = await mirrorBucket(this.#kv, `${PREFIX}>`, (e) =>
+      this.#apply(e.key.slice(PREFIX.length), e.operation === "PUT" ? e.value : undefined, e.revision),
+    );
     this.ready = true;
   }
 
