@@ -25,8 +25,8 @@ export const CONSUMER = "ferry-planner";
 export interface ClusterGates {
   /** Cordons and drains the node before its reboot is granted. */
   drain(node: string, upgradeId: string): Promise<void>;
-  /** Whether the cluster agrees the node may commit; a string says why not (yet). */
-  clusterHealthy(node: string): Promise<true | string>;
+  /** Whether the cluster agrees the node may commit on `version`; a string says why not (yet). */
+  clusterHealthy(node: string, version: string): Promise<true | string>;
   /** After the hop ends (commit or rollback). */
   release(node: string): Promise<void>;
 }
@@ -71,6 +71,9 @@ export class Controller {
   /** node → the assignment as last written (key bytes exclude updated_at). */
   readonly #assigned = new Map<string, { a: events.Assignment; key: string }>();
   readonly #staging = new Map<string, AbortController>();
+  /** Gate checks in flight (drains can take minutes) and their results, by gate key. */
+  readonly #gateTasks = new Set<string>();
+  readonly #gateResults = new Map<string, { ok: true } | { ok: false; why: string; at: number }>();
   #messages: ConsumerMessages | undefined;
   /** Events applied in memory but not yet persisted, so not yet acked. */
   #unacked: JsMsg[] = [];
@@ -126,6 +129,10 @@ export class Controller {
     void (async () => {
       for await (const m of messages) this.#ingest(m);
     })().catch((err: unknown) => this.#d.log.error({ err }, "event consumer stopped"));
+    const recent = Date.now() - 3600_000;
+    for (const { u } of this.#working.values())
+      if (isActive(u) || (u.finishedAt?.getTime() ?? 0) > recent)
+        for (const g of u.progress) if (g.runState !== R.NODE_RUN_STATE_ACTIVE) this.#uncordon(g.node);
     this.#timer = setInterval(() => void this.kick(), 1000);
     this.#d.log.info({ upgrades: this.#working.size, active: [...this.#working.values()].filter((w) => isActive(w.u)).length }, "controller started");
     await this.kick();
@@ -217,22 +224,29 @@ export class Controller {
       if (u.phase === P.UPGRADE_PHASE_PENDING || (u.phase === P.UPGRADE_PHASE_PAUSED && !stagingDone(u))) this.#stage(x);
       const d = decide(u, w);
       if (d.changed) x.dirty = true;
+      const plans = new Map(u.plan.map((p) => [p.node, p]));
       for (const node of d.rebootReady) {
         const g = u.progress.find((p) => p.node === node)!;
-        await this.#d.gates.drain(node, u.id);
-        g.rebootGranted = true;
-        g.message = "reboot granted";
-        x.dirty = true;
+        const r = this.#gate(`reboot/${u.id}/${node}/${g.hopIndex}`, () => this.#d.gates.drain(node, u.id).then(() => true as const));
+        if (r === true) {
+          g.rebootGranted = true;
+          g.message = "reboot granted";
+          x.dirty = true;
+        } else if (g.message !== r) {
+          g.message = r;
+          x.dirty = true;
+        }
       }
       for (const node of d.commitReady) {
         const g = u.progress.find((p) => p.node === node)!;
-        const ok = await this.#d.gates.clusterHealthy(node);
-        if (ok === true) {
+        const version = plans.get(node)?.hops[g.hopIndex] ?? "";
+        const r = this.#gate(`commit/${u.id}/${node}/${g.hopIndex}`, () => this.#d.gates.clusterHealthy(node, version));
+        if (r === true) {
           g.commitGranted = true;
           g.message = "commit granted";
           x.dirty = true;
-        } else if (g.message !== `commit held: ${ok}`) {
-          g.message = `commit held: ${ok}`;
+        } else if (g.message !== r) {
+          g.message = r;
           x.dirty = true;
         }
       }
@@ -256,6 +270,32 @@ export class Controller {
     await this.#syncAssignments();
   }
 
+  /**
+   * A gate check that may take long (a drain) runs beside the loop: true once it passed,
+   * else what the node waits for. A failed check is retried a second later.
+   */
+  #gate(key: string, check: () => Promise<true | string>): true | string {
+    const r = this.#gateResults.get(key);
+    if (r?.ok) {
+      this.#gateResults.delete(key);
+      return true;
+    }
+    if (!this.#gateTasks.has(key) && (!r || Date.now() - r.at > 1000)) {
+      this.#gateTasks.add(key);
+      void check()
+        .then(
+          (res) => this.#gateResults.set(key, res === true ? { ok: true } : { ok: false, why: res, at: Date.now() }),
+          (err: unknown) => this.#gateResults.set(key, { ok: false, why: (err as Error).message, at: Date.now() }),
+        )
+        .finally(() => {
+          this.#gateTasks.delete(key);
+          void this.kick();
+        });
+    }
+    const kind = key.startsWith("reboot/") ? "reboot held" : "commit held";
+    return r && !r.ok ? `${kind}: ${r.why}` : key.startsWith("reboot/") ? "draining before the reboot" : "checking cluster health before the commit";
+  }
+
   async #syncAssignments(): Promise<void> {
     for (const { u } of this.#working.values()) {
       const plans = new Map(u.plan.map((p) => [p.node, p]));
@@ -277,10 +317,15 @@ export class Controller {
           if (!this.#d.isLeader()) return;
           await this.#d.assignments.delete(g.node);
           this.#assigned.delete(g.node);
-          await this.#d.gates.release(g.node);
+          this.#uncordon(g.node);
         }
       }
     }
+  }
+
+  /** Uncordons (if Ferry cordoned it) beside the loop; the gates retry while the API is away. */
+  #uncordon(node: string): void {
+    void this.#d.gates.release(node).catch((err: unknown) => this.#d.log.error({ node, err: (err as Error).message }, "releasing the node failed"));
   }
 
   #urlsFor(node: string): string[] {
