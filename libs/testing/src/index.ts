@@ -1,3 +1,4 @@
 export * from "./nats-server.ts";
 export * from "./helpers.ts";
 export * from "./compose.ts";
+export * from "./fake-kube.ts";

@@ -7,6 +7,7 @@ import { BUCKETS, connectNats, ensureEventsStream, openBucket, type NatsConnecti
 import type { App, Logger } from "@ferry/runtime";
 import { Inventory } from "./adapters/inventory.ts";
 import { LeaderLease } from "./adapters/lease.ts";
+import { KubeGates, loadKubeConfig } from "./adapters/kube-gates.ts";
 import { distributorStager } from "./adapters/stager.ts";
 import { UpgradeStore } from "./adapters/upgrade-store.ts";
 import type { Config } from "./config.ts";
@@ -38,6 +39,19 @@ export function createApp(config: Config, logger: Logger, over: PlannerOverrides
   const catalogClient = createClient(catalog.CatalogServiceService, config.catalogAddr, { ...clientOpts, deadlineMs: 10_000 });
   const stager = config.distributorAddr ? distributorStager(config.distributorAddr, clientOpts) : undefined;
   const log = logger.child({ component: "planner" });
+  const gates =
+    over.gates ??
+    (config.kubeconfig || config.kubeInCluster
+      ? new KubeGates({
+          kubeconfig: loadKubeConfig({ file: config.kubeconfig, inCluster: config.kubeInCluster }),
+          log,
+          drainTimeoutMs: config.drainTimeoutSeconds * 1000,
+          criticalDaemonSets: config.criticalDaemonSets
+            .split(",")
+            .map((x) => x.trim())
+            .filter(Boolean),
+        })
+      : NO_CLUSTER);
   let nc: NatsConnection | undefined;
   let store: UpgradeStore | undefined;
   let inventory: Inventory | undefined;
@@ -91,7 +105,7 @@ export function createApp(config: Config, logger: Logger, over: PlannerOverrides
               store: st,
               inventory: inv,
               log,
-              gates: over.gates ?? NO_CLUSTER,
+              gates,
               stager,
               distributorUrl: config.distributorUrl ?? "",
               originFallback: config.originFallback,
@@ -132,7 +146,10 @@ export function createApp(config: Config, logger: Logger, over: PlannerOverrides
       const port = await server.start();
       setReady();
       lease.start();
-      log.info({ port, id: config.id, nodes: inventory.nodes.size, upgrades: store.all().length }, "planner serving");
+      log.info(
+        { port, id: config.id, nodes: inventory.nodes.size, upgrades: store.all().length, kubernetes: gates !== NO_CLUSTER },
+        "planner serving",
+      );
     },
     async stop(signal) {
       await server.stop(signal);

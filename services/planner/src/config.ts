@@ -16,6 +16,22 @@ const vars = {
   offlineSeconds: v.int("FERRY_NODE_OFFLINE_SECONDS", "a node that has not heartbeated for this long is offline", 30, 1),
   leaseMs: v.int("FERRY_PLANNER_LEASE_MS", "leader lease: a follower takes over after it stood still this long", 10_000, 300),
   id: v.string("FERRY_PLANNER_ID", "this replica's id in the leader lease (default: host name, pid and a random suffix)", ""),
+  kubeconfig: v.optionalString(
+    "FERRY_KUBECONFIG",
+    "kubeconfig file: cordon/drain before reboots and cluster checks before commits (empty: no Kubernetes)",
+  ),
+  kubeInCluster: v.bool("FERRY_KUBE_IN_CLUSTER", "use the pod's service account for the Kubernetes API", false),
+  drainTimeoutSeconds: v.int(
+    "FERRY_KUBE_DRAIN_TIMEOUT_SECONDS",
+    "give up a drain after this long (the reboot stays held, the drain is retried)",
+    300,
+    1,
+  ),
+  criticalDaemonSets: v.string(
+    "FERRY_KUBE_CRITICAL_DAEMONSETS",
+    'comma-separated "namespace/name" DaemonSets whose pod must be Ready on a node before it commits',
+    "",
+  ),
   replicas: v.int("FERRY_NATS_REPLICAS", "replicas of the planner's KV buckets and the events stream (1, or 3 on a NATS cluster)", 1, 1, 5),
 };
 

@@ -81,7 +81,7 @@ export class Site implements AsyncDisposable {
     return s;
   }
 
-  async planner(env: Record<string, string> = {}) {
+  async planner(env: Record<string, string> = {}, over: Parameters<typeof createPlanner>[2] = {}) {
     const app = createPlanner(
       plannerConfig({
         FERRY_NATS_URL: this.nats.url,
@@ -92,6 +92,7 @@ export class Site implements AsyncDisposable {
         ...env,
       }),
       createLogger("planner", (process.env.FERRY_TEST_LOG as "info" | undefined) ?? "silent"),
+      over,
     );
     await app.start();
     this.#apps.push(app);

@@ -93,6 +93,13 @@ export class SimFleet {
     this.#stop.abort();
   }
 
+  /** The version the board runs now: the trial's while it is in one, else the committed one. */
+  runningVersion(name: string): string {
+    const b = this.boards.get(name)!;
+    const trial = b.state === events.NodeState.NODE_STATE_TRIAL || b.state === events.NodeState.NODE_STATE_WAITING_COMMIT;
+    return trial && b.assignment ? b.assignment.targetVersion : b.version;
+  }
+
   status(b: Sim): events.NodeStatus {
     return {
       name: b.name,

@@ -1,0 +1,235 @@
+// A fake Kubernetes API server for tests — no kube-apiserver can run on these machines.
+// It implements, faithfully and only, what Ferry's planner uses:
+//   GET/PATCH /api/v1/nodes/{name} (JSON merge patch; null deletes), GET /api/v1/nodes,
+//   GET /api/v1/pods?fieldSelector=spec.nodeName=<node>,
+//   POST /api/v1/namespaces/{ns}/pods/{name}/eviction, honouring PodDisruptionBudgets
+//   (policy/v1 minAvailable over matchLabels, counting Ready pods: 429 TooManyRequests
+//   when an eviction would break one; an evicted pod is deleted and, when it belongs to a
+//   ReplicaSet, replaced on another schedulable node after `rescheduleMs` — Pending until
+//   one is schedulable — as its controller and the scheduler would),
+//   and an outage (the listener closes and connections are cut, then it comes back on the
+//   same port). Errors are metav1.Status bodies. Anything else answers 404.
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
+import type { Socket } from "node:net";
+
+export interface FakeNode {
+  metadata: { name: string; labels?: Record<string, string>; annotations?: Record<string, string | null> };
+  spec: { unschedulable?: boolean | null };
+  status: { conditions: Array<{ type: string; status: string; message?: string }>; nodeInfo: { kubeletVersion: string } };
+}
+
+export interface FakePod {
+  metadata: {
+    name: string;
+    namespace: string;
+    labels?: Record<string, string>;
+    annotations?: Record<string, string>;
+    ownerReferences?: Array<{ kind: string; name: string; apiVersion: string; uid: string }>;
+  };
+  spec: { nodeName: string };
+  status: { phase: string; conditions?: Array<{ type: string; status: string }> };
+}
+
+export interface FakePdb {
+  namespace: string;
+  matchLabels: Record<string, string>;
+  minAvailable: number;
+}
+
+type Json = Record<string, unknown>;
+
+function mergePatch(target: Json, patch: Json): Json {
+  const out: Json = { ...target };
+  for (const [k, v] of Object.entries(patch)) {
+    if (v === null) delete out[k];
+    else if (typeof v === "object" && !Array.isArray(v) && typeof out[k] === "object" && out[k] !== null)
+      out[k] = mergePatch(out[k] as Json, v as Json);
+    else out[k] = v;
+  }
+  return out;
+}
+
+const matches = (labels: Record<string, string> | undefined, sel: Record<string, string>) => Object.entries(sel).every(([k, v]) => labels?.[k] === v);
+
+export class FakeKube implements AsyncDisposable {
+  readonly nodes = new Map<string, FakeNode>();
+  readonly pods = new Map<string, FakePod>();
+  readonly pdbs: FakePdb[] = [];
+  /** Every request served: "METHOD path". */
+  readonly requests: string[] = [];
+  evictions = 0;
+  tooManyRequests = 0;
+  rescheduleMs = 200;
+  port = 0;
+  #server: Server | undefined;
+  readonly #sockets = new Set<Socket>();
+  #podSeq = 0;
+
+  static async start(): Promise<FakeKube> {
+    const f = new FakeKube();
+    await f.#listen(0);
+    return f;
+  }
+
+  get url(): string {
+    return `http://127.0.0.1:${this.port}`;
+  }
+
+  /** A kubeconfig (YAML) pointing at this server. */
+  kubeconfig(): string {
+    return [
+      "apiVersion: v1",
+      "kind: Config",
+      "clusters: [{name: fake, cluster: {server: '" + this.url + "', insecure-skip-tls-verify: true}}]",
+      "users: [{name: ferry, user: {token: fake-token}}]",
+      "contexts: [{name: fake, context: {cluster: fake, user: ferry}}]",
+      "current-context: fake",
+      "",
+    ].join("\n");
+  }
+
+  addNode(name: string, kubeletVersion: string, o: { controlPlane?: boolean; unschedulable?: boolean } = {}): FakeNode {
+    const n: FakeNode = {
+      metadata: { name, labels: o.controlPlane ? { "node-role.kubernetes.io/control-plane": "" } : {}, annotations: {} },
+      spec: o.unschedulable ? { unschedulable: true } : {},
+      status: { conditions: [{ type: "Ready", status: "True" }], nodeInfo: { kubeletVersion } },
+    };
+    this.nodes.set(name, n);
+    return n;
+  }
+
+  addPod(
+    namespace: string,
+    name: string,
+    nodeName: string,
+    o: { labels?: Record<string, string>; owner?: { kind: string; name: string }; mirror?: boolean } = {},
+  ): FakePod {
+    const p: FakePod = {
+      metadata: {
+        name,
+        namespace,
+        labels: o.labels ?? {},
+        annotations: o.mirror ? { "kubernetes.io/config.mirror": "x" } : {},
+        ownerReferences: o.owner ? [{ kind: o.owner.kind, name: o.owner.name, apiVersion: "apps/v1", uid: `${o.owner.name}-uid` }] : [],
+      },
+      spec: { nodeName },
+      status: { phase: "Running", conditions: [{ type: "Ready", status: "True" }] },
+    };
+    this.pods.set(`${namespace}/${name}`, p);
+    return p;
+  }
+
+  podsOn(node: string): FakePod[] {
+    return [...this.pods.values()].filter((p) => p.spec.nodeName === node);
+  }
+
+  /** The API server is gone for `ms` (connections refused and cut), then back on the same port. */
+  async outage(ms: number): Promise<void> {
+    await this.#close();
+    setTimeout(() => void this.#listen(this.port), ms);
+  }
+
+  async #listen(port: number): Promise<void> {
+    const server = createServer((req, res) => void this.#handle(req, res));
+    server.on("connection", (s) => {
+      this.#sockets.add(s);
+      s.once("close", () => this.#sockets.delete(s));
+    });
+    await new Promise<void>((r) => server.listen(port, "127.0.0.1", r));
+    this.port = (server.address() as { port: number }).port;
+    this.#server = server;
+  }
+
+  async #close(): Promise<void> {
+    const s = this.#server;
+    this.#server = undefined;
+    for (const sock of this.#sockets) sock.destroy();
+    if (s) await new Promise<void>((r) => s.close(() => r()));
+  }
+
+  #status(res: ServerResponse, code: number, reason: string, message: string): void {
+    res.writeHead(code, { "content-type": "application/json" });
+    res.end(JSON.stringify({ kind: "Status", apiVersion: "v1", status: "Failure", reason, message, code }));
+  }
+
+  #json(res: ServerResponse, body: unknown): void {
+    res.writeHead(200, { "content-type": "application/json" });
+    res.end(JSON.stringify(body));
+  }
+
+  async #handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
+    let raw = "";
+    for await (const c of req) raw += String(c);
+    const url = new URL(req.url ?? "/", "http://x");
+    this.requests.push(`${req.method} ${url.pathname}`);
+    let m: RegExpExecArray | null;
+    if (req.method === "GET" && url.pathname === "/api/v1/nodes")
+      return this.#json(res, { kind: "NodeList", apiVersion: "v1", metadata: {}, items: [...this.nodes.values()] });
+    if ((m = /^\/api\/v1\/nodes\/([^/]+)$/.exec(url.pathname))) {
+      const n = this.nodes.get(decodeURIComponent(m[1]!));
+      if (!n) return this.#status(res, 404, "NotFound", `nodes "${m[1]}" not found`);
+      if (req.method === "GET") return this.#json(res, { kind: "Node", apiVersion: "v1", ...n });
+      if (req.method === "PATCH") {
+        if (!/merge-patch\+json|strategic-merge-patch\+json/.test(req.headers["content-type"] ?? ""))
+          return this.#status(
+            res,
+            415,
+            "UnsupportedMediaType",
+            `the body of the request was in an unknown format - accepted media types include: application/merge-patch+json`,
+          );
+        const next = mergePatch(n as unknown as Json, JSON.parse(raw) as Json) as unknown as FakeNode;
+        this.nodes.set(n.metadata.name, next);
+        return this.#json(res, { kind: "Node", apiVersion: "v1", ...next });
+      }
+    }
+    if (req.method === "GET" && url.pathname === "/api/v1/pods") {
+      const sel = url.searchParams.get("fieldSelector") ?? "";
+      const node = /^spec\.nodeName=(.+)$/.exec(sel)?.[1];
+      const items = [...this.pods.values()].filter((p) => node === undefined || p.spec.nodeName === node);
+      return this.#json(res, { kind: "PodList", apiVersion: "v1", metadata: {}, items });
+    }
+    if (req.method === "POST" && (m = /^\/api\/v1\/namespaces\/([^/]+)\/pods\/([^/]+)\/eviction$/.exec(url.pathname))) {
+      const key = `${m[1]}/${m[2]}`;
+      const p = this.pods.get(key);
+      if (!p) return this.#status(res, 404, "NotFound", `pods "${m[2]}" not found`);
+      for (const pdb of this.pdbs) {
+        if (pdb.namespace !== p.metadata.namespace || !matches(p.metadata.labels, pdb.matchLabels)) continue;
+        const healthy = [...this.pods.values()].filter(
+          (x) =>
+            x.metadata.namespace === pdb.namespace &&
+            matches(x.metadata.labels, pdb.matchLabels) &&
+            x.status.conditions?.some((c) => c.type === "Ready" && c.status === "True"),
+        ).length;
+        if (healthy - 1 < pdb.minAvailable) {
+          this.tooManyRequests++;
+          return this.#status(res, 429, "TooManyRequests", "Cannot evict pod as it would violate the pod's disruption budget.");
+        }
+      }
+      this.pods.delete(key);
+      this.evictions++;
+      const rs = p.metadata.ownerReferences?.find((o) => o.kind === "ReplicaSet");
+      if (rs) {
+        // Its ReplicaSet makes a replacement, Pending until a schedulable node takes it.
+        const name = `${rs.name}-${Math.random().toString(36).slice(2, 7)}${++this.#podSeq}`;
+        const schedule = () => {
+          const target = [...this.nodes.values()].find((n) => !n.spec.unschedulable && n.metadata.name !== p.spec.nodeName);
+          if (target)
+            this.addPod(p.metadata.namespace, name, target.metadata.name, {
+              labels: p.metadata.labels ?? {},
+              owner: { kind: "ReplicaSet", name: rs.name },
+            });
+          else setTimeout(schedule, this.rescheduleMs).unref();
+        };
+        setTimeout(schedule, this.rescheduleMs).unref();
+      }
+      res.writeHead(201, { "content-type": "application/json" });
+      res.end(JSON.stringify({ kind: "Status", apiVersion: "v1", status: "Success", code: 201 }));
+      return;
+    }
+    return this.#status(res, 404, "NotFound", `the server could not find the requested resource (${req.method} ${url.pathname})`);
+  }
+
+  async [Symbol.asyncDispose](): Promise<void> {
+    await this.#close();
+  }
+}
