@@ -83,10 +83,10 @@ describe("Kubernetes gates", () => {
 
   it("holds the commit while the node is not Ready, runs another kubelet, or a critical DaemonSet pod is not Ready", async () => {
     await using kube = await FakeKube.start();
-    const dir = join(process.env.TMPDIR ?? "/tmp", `ferry-kubeconfig-${process.pid}`);
-    writeFileSync(dir, kube.kubeconfig());
+    using dir = tempDir("ferry-kube-");
+    writeFileSync(join(dir.path, "kubeconfig"), kube.kubeconfig());
     const gates = new KubeGates({
-      kubeconfig: loadKubeConfig({ file: dir }),
+      kubeconfig: loadKubeConfig({ file: join(dir.path, "kubeconfig") }),
       log: createLogger("t", "silent"),
       criticalDaemonSets: ["kube-system/kube-proxy"],
     });
