@@ -57,6 +57,8 @@ export class FakeKube implements AsyncDisposable {
   readonly pdbs: FakePdb[] = [];
   /** Every request served: "METHOD path". */
   readonly requests: string[] = [];
+  /** Every node patch, in order. */
+  readonly patches: Array<{ node: string; body: Json }> = [];
   evictions = 0;
   tooManyRequests = 0;
   rescheduleMs = 200;
@@ -177,7 +179,9 @@ export class FakeKube implements AsyncDisposable {
             "UnsupportedMediaType",
             `the body of the request was in an unknown format - accepted media types include: application/merge-patch+json`,
           );
-        const next = mergePatch(n as unknown as Json, JSON.parse(raw) as Json) as unknown as FakeNode;
+        const body = JSON.parse(raw) as Json;
+        this.patches.push({ node: n.metadata.name, body });
+        const next = mergePatch(n as unknown as Json, body) as unknown as FakeNode;
         this.nodes.set(n.metadata.name, next);
         return this.#json(res, { kind: "Node", apiVersion: "v1", ...next });
       }

@@ -95,7 +95,11 @@ export function createApp(config: Config, logger: Logger, over: PlannerOverrides
       await inventory.start();
       const inv = inventory;
       const st = store;
-      inventory.onChange = () => void controller?.kick();
+      inventory.onChange = (name) => {
+        void controller?.kick();
+        const st = inv.nodes.get(name)?.status;
+        if (st && controller && gates.observe) void gates.observe(st);
+      };
       lease = new LeaderLease(plannerKv, config.id, config.leaseMs, log, {
         onElected: () => {
           leading = leading.then(async () => {

@@ -29,6 +29,8 @@ export interface ClusterGates {
   clusterHealthy(node: string, version: string): Promise<true | string>;
   /** After the hop ends (commit or rollback). */
   release(node: string): Promise<void>;
+  /** Mirrors a node's heartbeat (OS version, booted slot, upgrade state) onto the cluster's Node. */
+  observe?(status: events.NodeStatus): Promise<void>;
 }
 
 export const NO_CLUSTER: ClusterGates = {

@@ -10,7 +10,7 @@ import { describe, expect, it } from "vitest";
 import { planner } from "@ferry/proto";
 import { createLogger } from "@ferry/runtime";
 import { FakeKube, tempDir, waitFor } from "@ferry/testing";
-import { CORDONED_BY, KubeGates, loadKubeConfig } from "../src/adapters/kube-gates.ts";
+import { CORDONED_BY, KubeGates, LABEL_BOOTED_SLOT, LABEL_OS_VERSION, loadKubeConfig } from "../src/adapters/kube-gates.ts";
 import { boards, Site } from "./harness.ts";
 
 describe("Kubernetes gates", () => {
@@ -60,8 +60,8 @@ describe("Kubernetes gates", () => {
     clearInterval(kubelet);
     expect(done.progress.map((g) => g.version)).toEqual(Array(4).fill("v1.33.7"));
     // Every node was cordoned (ours) or already cordoned (the operator's worker-3).
-    for (const n of ["cp-0", "worker-1", "worker-2"]) expect(kube.requests).toContain(`PATCH /api/v1/nodes/${n}`);
-    expect(kube.requests).not.toContain("PATCH /api/v1/nodes/worker-3");
+    const cordons = kube.patches.filter((p) => (p.body.spec as { unschedulable?: boolean } | undefined)?.unschedulable === true).map((p) => p.node);
+    expect(cordons.sort()).toEqual(["cp-0", "worker-1", "worker-2"]);
     // Ours are uncordoned and unmarked; the operator's cordon stays.
     await waitFor(() =>
       ["cp-0", "worker-1", "worker-2"].every(
@@ -79,6 +79,10 @@ describe("Kubernetes gates", () => {
       "kube-system/kube-proxy-worker-3",
     ]);
     expect([...kube.pods.values()].filter((p) => p.metadata.labels?.app === "web")).toHaveLength(3);
+    // The nodes carry the OS version, booted slot and upgrade state from the heartbeats.
+    await waitFor(() => [...kube.nodes.values()].every((n) => n.metadata.labels?.[LABEL_OS_VERSION] === "v1.33.7"));
+    expect(kube.nodes.get("worker-1")!.metadata.labels?.[LABEL_BOOTED_SLOT]).toBe("b");
+    expect(kube.nodes.get("worker-1")!.metadata.annotations?.["ferry.dev/upgrade-state"]).toMatch(/^idle/);
   });
 
   it("holds the commit while the node is not Ready, runs another kubelet, or a critical DaemonSet pod is not Ready", async () => {

@@ -7,9 +7,13 @@
 // with backoff while the API server is away (a single control-plane board rebooting).
 import { ApiException, CoreV1Api, KubeConfig, PatchStrategy, setHeaderOptions, type V1Node, type V1Pod } from "@kubernetes/client-node";
 import { sleep, type Logger } from "@ferry/runtime";
+import { events } from "@ferry/proto";
 import type { ClusterGates } from "../controller.ts";
 
 export const CORDONED_BY = "ferry.dev/cordoned-by";
+export const LABEL_OS_VERSION = "ferry.dev/os-version";
+export const LABEL_BOOTED_SLOT = "ferry.dev/booted-slot";
+export const ANNOTATION_STATE = "ferry.dev/upgrade-state";
 
 export interface KubeGatesOptions {
   kubeconfig: KubeConfig;
@@ -39,6 +43,8 @@ export class KubeGates implements ClusterGates {
   readonly #drainTimeoutMs: number;
   readonly #critical: Array<{ namespace: string; name: string }>;
   readonly #retryMs: number;
+  /** What was last written per node, so an unchanged heartbeat costs no API call. */
+  readonly #observed = new Map<string, string>();
 
   constructor(o: KubeGatesOptions) {
     this.#api = o.kubeconfig.makeApiClient(CoreV1Api);
@@ -123,6 +129,22 @@ export class KubeGates implements ClusterGates {
       }
     }
     return true;
+  }
+
+  async observe(st: events.NodeStatus): Promise<void> {
+    const slot = st.bootedSlot === events.Slot.SLOT_A ? "a" : st.bootedSlot === events.Slot.SLOT_B ? "b" : "";
+    const state = events.nodeStateToJSON(st.state).replace("NODE_STATE_", "").toLowerCase();
+    const labels = { [LABEL_OS_VERSION]: st.currentVersion || null, [LABEL_BOOTED_SLOT]: slot || null };
+    const annotations = { [ANNOTATION_STATE]: `${state}${st.upgradeId ? ` ${st.upgradeId}` : ""}` };
+    const key = JSON.stringify([labels, annotations]);
+    if (this.#observed.get(st.name) === key) return;
+    this.#observed.set(st.name, key);
+    try {
+      await this.#api.patchNode({ name: st.name, body: { metadata: { labels, annotations } } }, merge);
+    } catch (err) {
+      this.#observed.delete(st.name); // try again with the next heartbeat
+      if (!(err instanceof ApiException && err.code === 404)) this.#log.debug({ node: st.name, err: describe(err) }, "node labels not written");
+    }
   }
 
   async release(node: string): Promise<void> {
