@@ -60,6 +60,7 @@ export function createApp(config: Config, logger: Logger, over: PlannerOverrides
   let connected = false;
   const setReady = () => server.health.set(connected && store?.ready === true);
   let leading: Promise<void> = Promise.resolve();
+  let kubeTimer: NodeJS.Timeout | undefined;
 
   return {
     port: () => server.port,
@@ -100,6 +101,16 @@ export function createApp(config: Config, logger: Logger, over: PlannerOverrides
         const st = inv.nodes.get(name)?.status;
         if (st && controller && gates.observe) void gates.observe(st);
       };
+      if (gates instanceof KubeGates) {
+        // Roles and kubelet versions from the cluster, refreshed every 15 s.
+        const refresh = () =>
+          gates
+            .nodes()
+            .then((m) => inv.setCluster(m))
+            .catch((err: unknown) => log.warn({ err: (err as Error).message }, "listing Kubernetes nodes failed"));
+        void refresh();
+        kubeTimer = setInterval(() => void refresh(), 15_000);
+      }
       lease = new LeaderLease(plannerKv, config.id, config.leaseMs, log, {
         onElected: () => {
           leading = leading.then(async () => {
@@ -156,6 +167,7 @@ export function createApp(config: Config, logger: Logger, over: PlannerOverrides
       );
     },
     async stop(signal) {
+      clearInterval(kubeTimer);
       await server.stop(signal);
       await lease?.stop();
       await leading;

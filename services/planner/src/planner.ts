@@ -35,7 +35,15 @@ export class Planner {
   // ---- inventory ----
 
   #node(n: NodeEntry, claims: Map<string, string>, now = Date.now()): planner.Node {
-    return { status: n.status, online: this.#d.inventory.online(n, now), lastSeen: n.seenAt, claimedBy: claims.get(n.status.name) ?? "" };
+    const k = this.#d.inventory.cluster.get(n.status.name);
+    return {
+      status: n.status,
+      online: this.#d.inventory.online(n, now),
+      lastSeen: n.seenAt,
+      claimedBy: claims.get(n.status.name) ?? "",
+      kubeletVersion: k?.kubeletVersion ?? "",
+      kubeReady: k?.ready ?? false,
+    };
   }
 
   /** node → id of the active upgrade that still has work for it. */

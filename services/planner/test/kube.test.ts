@@ -7,7 +7,7 @@
 import { writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
-import { planner } from "@ferry/proto";
+import { events, planner } from "@ferry/proto";
 import { createLogger } from "@ferry/runtime";
 import { FakeKube, tempDir, waitFor } from "@ferry/testing";
 import { CORDONED_BY, KubeGates, LABEL_BOOTED_SLOT, LABEL_OS_VERSION, loadKubeConfig } from "../src/adapters/kube-gates.ts";
@@ -83,6 +83,23 @@ describe("Kubernetes gates", () => {
     await waitFor(() => [...kube.nodes.values()].every((n) => n.metadata.labels?.[LABEL_OS_VERSION] === "v1.33.7"));
     expect(kube.nodes.get("worker-1")!.metadata.labels?.[LABEL_BOOTED_SLOT]).toBe("b");
     expect(kube.nodes.get("worker-1")!.metadata.annotations?.["ferry.dev/upgrade-state"]).toMatch(/^idle/);
+  });
+
+  it("takes roles and kubelet versions from the cluster's Node objects", async () => {
+    await using site = await Site.start();
+    await using kube = await FakeKube.start();
+    // The daemon says worker; the cluster says control plane: the cluster wins.
+    await site.fleet([{ name: "edge-1", board: "ls1046a", role: "worker", version: "v1.33.4", behaviour: "healthy" }]);
+    kube.addNode("edge-1", "v1.33.4", { controlPlane: true });
+    writeFileSync(join(site.dir.path, "kubeconfig"), kube.kubeconfig());
+    const { client } = await site.planner({ FERRY_KUBECONFIG: join(site.dir.path, "kubeconfig") });
+    const n = await waitFor(async () => {
+      const x = (await client.listNodes({ selector: "" })).nodes[0];
+      return x?.kubeletVersion ? x : undefined;
+    });
+    expect(n).toMatchObject({ kubeletVersion: "v1.33.4", kubeReady: true });
+    expect(n.status!.role).toBe(events.Role.ROLE_CONTROL_PLANE);
+    expect((await client.listNodes({ selector: "ferry.dev/role=control-plane" })).nodes).toHaveLength(1);
   });
 
   it("holds the commit while the node is not Ready, runs another kubelet, or a critical DaemonSet pod is not Ready", async () => {

@@ -10,12 +10,21 @@ export interface NodeEntry {
   seenAt: Date;
 }
 
+/** What the cluster says about a node (Kubernetes Node objects), when there is a cluster. */
+export interface ClusterNode {
+  controlPlane: boolean;
+  kubeletVersion: string;
+  ready: boolean;
+}
+
 export class Inventory {
   readonly #kv: KV;
   readonly #offlineMs: number;
   readonly nodes = new Map<string, NodeEntry>();
   #stop: (() => void) | undefined;
   onChange: (name: string) => void = () => undefined;
+  /** Node objects by name; a node's role there wins over the one its daemon reports. */
+  cluster = new Map<string, ClusterNode>();
 
   constructor(kv: KV, offlineMs: number) {
     this.#kv = kv;
@@ -26,13 +35,25 @@ export class Inventory {
     this.#stop = await mirrorBucket(this.#kv, ">", (e) => {
       if (e.operation === "PUT" && e.value.length > 0) {
         try {
-          this.nodes.set(e.key, { status: events.NodeStatus.decode(e.value), seenAt: e.created });
+          this.nodes.set(e.key, { status: this.#withClusterRole(events.NodeStatus.decode(e.value)), seenAt: e.created });
         } catch {
           // a malformed heartbeat is ignored; the node shows as it was
         }
       } else this.nodes.delete(e.key);
       this.onChange(e.key);
     });
+  }
+
+  /** Replaces the cluster's view of the nodes (from a Node list). */
+  setCluster(nodes: Map<string, ClusterNode>): void {
+    this.cluster = nodes;
+    for (const n of this.nodes.values()) this.#withClusterRole(n.status);
+  }
+
+  #withClusterRole(s: events.NodeStatus): events.NodeStatus {
+    const c = this.cluster.get(s.name);
+    if (c) s.role = c.controlPlane ? events.Role.ROLE_CONTROL_PLANE : events.Role.ROLE_WORKER;
+    return s;
   }
 
   stop(): void {

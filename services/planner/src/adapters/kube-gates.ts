@@ -9,6 +9,7 @@ import { ApiException, CoreV1Api, KubeConfig, PatchStrategy, setHeaderOptions, t
 import { sleep, type Logger } from "@ferry/runtime";
 import { events } from "@ferry/proto";
 import type { ClusterGates } from "../controller.ts";
+import type { ClusterNode } from "./inventory.ts";
 
 export const CORDONED_BY = "ferry.dev/cordoned-by";
 export const LABEL_OS_VERSION = "ferry.dev/os-version";
@@ -129,6 +130,21 @@ export class KubeGates implements ClusterGates {
       }
     }
     return true;
+  }
+
+  /** The cluster's Node objects: control-plane role (the node-role label), kubelet version, Ready. */
+  async nodes(): Promise<Map<string, ClusterNode>> {
+    const list = await this.#call("list nodes", () => this.#api.listNode());
+    return new Map(
+      list.items.map((n) => [
+        n.metadata!.name!,
+        {
+          controlPlane: Object.hasOwn(n.metadata?.labels ?? {}, "node-role.kubernetes.io/control-plane"),
+          kubeletVersion: n.status?.nodeInfo?.kubeletVersion ?? "",
+          ready: n.status?.conditions?.some((c) => c.type === "Ready" && c.status === "True") ?? false,
+        },
+      ]),
+    );
   }
 
   async observe(st: events.NodeStatus): Promise<void> {
