@@ -1,0 +1,142 @@
+// The deployment files: every manifest parses and hangs together (kustomize resources
+// exist, selectors match, service accounts exist), only the planner may talk to the
+// Kubernetes API, and its RBAC grants exactly the requests the code makes (recorded on
+// the test kit's fake API server while the gates run). The compose file is checked too.
+import { readdirSync, readFileSync, existsSync, writeFileSync } from "node:fs";
+import { dirname, join } from "node:path";
+import { describe, expect, it } from "vitest";
+import { parseAllDocuments, parse } from "yaml";
+import { events } from "@ferry/proto";
+import { createLogger } from "@ferry/runtime";
+import { FakeKube, repoRoot, tempDir } from "@ferry/testing";
+import { KubeGates, loadKubeConfig } from "../services/planner/src/adapters/kube-gates.ts";
+
+type Doc = { apiVersion?: string; kind?: string; metadata?: { name?: string }; [k: string]: unknown };
+const k8s = join(repoRoot, "deploy/k8s");
+
+function yamlFiles(dir: string): string[] {
+  return readdirSync(dir, { withFileTypes: true }).flatMap((e) =>
+    e.isDirectory() ? yamlFiles(join(dir, e.name)) : e.name.endsWith(".yaml") ? [join(dir, e.name)] : [],
+  );
+}
+
+function docs(file: string): Doc[] {
+  return parseAllDocuments(readFileSync(file, "utf8")).map((d) => {
+    if (d.errors.length) throw new Error(`${file}: ${d.errors[0]!.message}`);
+    return d.toJS() as Doc;
+  });
+}
+
+const base = readdirSync(join(k8s, "base"))
+  .filter((f) => f.endsWith(".yaml") && f !== "kustomization.yaml")
+  .flatMap((f) => docs(join(k8s, "base", f)));
+const byKind = (kind: string) => base.filter((d) => d.kind === kind);
+
+describe("deploy/k8s", () => {
+  it("parses, and every kustomization names files that exist", () => {
+    for (const f of yamlFiles(k8s)) for (const d of docs(f)) expect(d.apiVersion && d.kind, `${f}: apiVersion and kind`).toBeTruthy();
+    for (const f of yamlFiles(k8s).filter((x) => x.endsWith("kustomization.yaml"))) {
+      const k = parse(readFileSync(f, "utf8")) as { resources: string[] };
+      for (const r of k.resources) expect(existsSync(join(dirname(f), r)), `${f}: ${r}`).toBe(true);
+    }
+  });
+
+  it("hangs together: selectors match their pods, service accounts exist, services select a workload", () => {
+    const sas = new Set(byKind("ServiceAccount").map((d) => d.metadata!.name));
+    const workloads = base.filter((d) => ["Deployment", "DaemonSet", "StatefulSet"].includes(d.kind!)) as Array<
+      Doc & {
+        spec: {
+          selector: { matchLabels: Record<string, string> };
+          template: { metadata: { labels: Record<string, string> }; spec: { serviceAccountName?: string; containers: Array<{ image: string }> } };
+        };
+      }
+    >;
+    expect(workloads.map((w) => w.metadata!.name).sort()).toEqual(["catalog", "distributor", "nats", "node-daemon", "planner"]);
+    for (const w of workloads) {
+      expect(w.spec.template.metadata.labels, w.metadata!.name).toMatchObject(w.spec.selector.matchLabels);
+      if (w.spec.template.spec.serviceAccountName) expect(sas.has(w.spec.template.spec.serviceAccountName), w.metadata!.name).toBe(true);
+      for (const c of w.spec.template.spec.containers) expect(c.image).toBeTruthy();
+    }
+    for (const s of byKind("Service") as Array<Doc & { spec: { selector: Record<string, string> } }>) {
+      expect(
+        workloads.some((w) => Object.entries(s.spec.selector).every(([k, v]) => w.spec.template.metadata.labels[k] === v)),
+        `service ${s.metadata!.name}`,
+      ).toBe(true);
+    }
+  });
+
+  it("gives Kubernetes rights to the planner only, and exactly the ones its code uses", async () => {
+    const bindings = byKind("ClusterRoleBinding").concat(byKind("RoleBinding")) as Array<Doc & { subjects: Array<{ name: string }> }>;
+    expect(bindings.flatMap((b) => b.subjects.map((s) => s.name))).toEqual(["ferry-planner"]);
+    for (const sa of byKind("ServiceAccount") as Array<Doc & { automountServiceAccountToken?: boolean }>)
+      if (sa.metadata!.name !== "ferry-planner") expect(sa.automountServiceAccountToken, sa.metadata!.name).toBe(false);
+
+    // Every call the gates make, against the fake API server.
+    await using kube = await FakeKube.start();
+    using dir = tempDir("ferry-rbac-");
+    writeFileSync(join(dir.path, "kubeconfig"), kube.kubeconfig());
+    const gates = new KubeGates({
+      kubeconfig: loadKubeConfig({ file: join(dir.path, "kubeconfig") }),
+      log: createLogger("t", "silent"),
+      criticalDaemonSets: ["kube-system/kube-proxy"],
+    });
+    kube.addNode("n1", "v1.34.5");
+    kube.addPod("shop", "web-1", "n1", { owner: { kind: "ReplicaSet", name: "web" } });
+    kube.addPod("kube-system", "kube-proxy-n1", "n1", { owner: { kind: "DaemonSet", name: "kube-proxy" } });
+    await gates.nodes();
+    await gates.drain("n1", "u1");
+    await gates.clusterHealthy("n1", "v1.34.5");
+    await gates.observe(events.NodeStatus.fromPartial({ name: "n1", currentVersion: "v1.34.5", bootedSlot: events.Slot.SLOT_B }));
+    await gates.release("n1");
+    const used = new Set(
+      kube.requests.map((r) => {
+        const [method, path] = r.split(" ") as [string, string];
+        if (/\/pods\/[^/]+\/eviction$/.test(path)) return "pods/eviction:create";
+        const resource = /\/api\/v1\/(?:namespaces\/[^/]+\/)?(nodes|pods)/.exec(path)![1];
+        const named = /\/(nodes|pods)\/[^/]+$/.test(path);
+        return `${resource}:${method === "PATCH" ? "patch" : method === "POST" ? "create" : named ? "get" : "list"}`;
+      }),
+    );
+    const role = byKind("ClusterRole").find((r) => r.metadata!.name === "ferry-planner") as Doc & {
+      rules: Array<{ resources: string[]; verbs: string[] }>;
+    };
+    const granted = new Set(role.rules.flatMap((r) => r.resources.flatMap((res) => r.verbs.map((v) => `${res}:${v}`))));
+    expect([...granted].sort()).toEqual([...used].sort());
+  });
+
+  it("configures NATS the way Ferry needs it everywhere (JetStream, every write synced)", () => {
+    const k8sConf = (byKind("ConfigMap").find((c) => c.metadata!.name === "nats-config") as Doc & { data: Record<string, string> }).data[
+      "nats-server.conf"
+    ]!;
+    for (const conf of [k8sConf, readFileSync(join(repoRoot, "deploy/nats/nats-server.conf"), "utf8")]) {
+      expect(conf).toMatch(/jetstream\s*\{[^}]*sync_interval:\s*always/s);
+    }
+    expect(
+      (byKind("StatefulSet")[0] as Doc & { spec: { template: { spec: { containers: Array<{ image: string }> } } } }).spec.template.spec.containers[0]!
+        .image,
+    ).toMatch(/^nats:2\.(1\d|[2-9]\d)/);
+  });
+});
+
+describe("deploy/docker-compose.yml", () => {
+  it("is a valid compose file for what it uses: commands, images, known dependencies, named volumes declared", () => {
+    const c = parse(readFileSync(join(repoRoot, "deploy/docker-compose.yml"), "utf8"), { merge: true }) as {
+      services: Record<string, { image?: string; command?: string[]; depends_on?: Record<string, { condition: string }>; volumes?: string[] }>;
+      volumes: Record<string, unknown>;
+    };
+    const names = Object.keys(c.services);
+    for (const [name, s] of Object.entries(c.services)) {
+      expect(s.image, name).toBeTruthy();
+      for (const [dep, cond] of Object.entries(s.depends_on ?? {})) {
+        expect(names, `${name} depends on ${dep}`).toContain(dep);
+        expect(["service_started", "service_healthy", "service_completed_successfully"]).toContain(cond.condition);
+      }
+      for (const v of s.volumes ?? []) {
+        const src = v.split(":")[0]!;
+        if (!src.startsWith(".") && !src.startsWith("/")) expect(Object.keys(c.volumes), `${name}: volume ${src}`).toContain(src);
+        else expect(existsSync(join(repoRoot, "deploy", src)), `${name}: ${src}`).toBe(true);
+      }
+      if (s.image!.startsWith("ferry")) expect(existsSync(join(repoRoot, s.command![1]!)), `${name}: ${s.command![1]}`).toBe(true);
+    }
+  });
+});
