@@ -118,6 +118,19 @@ describe("deploy/k8s", () => {
   });
 });
 
+describe("deploy/docker/Dockerfile", () => {
+  it("is one multi-stage build on Node 24 that runs as a non-root user, the service chosen by SERVICE", () => {
+    const d = readFileSync(join(repoRoot, "deploy/docker/Dockerfile"), "utf8");
+    expect(d.match(/^FROM /gm)).toHaveLength(2);
+    expect(d).toMatch(/^FROM node:24-[\w-]+slim AS build$/m);
+    expect(d).toMatch(/^USER 10001$/m);
+    expect(d).toMatch(/^ARG SERVICE=/m);
+    expect(d).toMatch(/npm prune --omit=dev/);
+    const compose = readFileSync(join(repoRoot, "deploy/docker-compose.yml"), "utf8");
+    expect(compose).toMatch(/dockerfile: deploy\/docker\/Dockerfile/);
+  });
+});
+
 describe("deploy/docker-compose.yml", () => {
   it("is a valid compose file for what it uses: commands, images, known dependencies, named volumes declared", () => {
     const c = parse(readFileSync(join(repoRoot, "deploy/docker-compose.yml"), "utf8"), { merge: true }) as {
