@@ -6,10 +6,11 @@ import { readdirSync, readFileSync, existsSync, writeFileSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { describe, expect, it } from "vitest";
 import { parseAllDocuments, parse } from "yaml";
-import { events } from "@ferry/proto";
+import { events, planner } from "@ferry/proto";
 import { createLogger } from "@ferry/runtime";
 import { FakeKube, repoRoot, tempDir } from "@ferry/testing";
 import { KubeGates, loadKubeConfig } from "../services/planner/src/adapters/kube-gates.ts";
+import { OSUpgradeController } from "../services/planner/src/adapters/osupgrade.ts";
 
 type Doc = { apiVersion?: string; kind?: string; metadata?: { name?: string }; [k: string]: unknown };
 const k8s = join(repoRoot, "deploy/k8s");
@@ -88,10 +89,29 @@ describe("deploy/k8s", () => {
     await gates.clusterHealthy("n1", "v1.34.5");
     await gates.observe(events.NodeStatus.fromPartial({ name: "n1", currentVersion: "v1.34.5", bootedSlot: events.Slot.SLOT_B }));
     await gates.release("n1");
+    // And the OSUpgrade controller's calls: list, finalizer patch, status patch.
+    kube.applyCustom("ferry.dev", "osupgrades", {
+      apiVersion: "ferry.dev/v1alpha1",
+      kind: "OSUpgrade",
+      metadata: { name: "o1" },
+      spec: { target: "v1.34.5" },
+    });
+    const upgrade = planner.Upgrade.fromPartial({ id: "k8s-o1", phase: planner.UpgradePhase.UPGRADE_PHASE_RUNNING });
+    const ops = {
+      get: () => upgrade,
+      create: async () => upgrade,
+      pause: async () => upgrade,
+      resume: async () => upgrade,
+      cancel: async () => upgrade,
+    };
+    await new OSUpgradeController(loadKubeConfig({ file: join(dir.path, "kubeconfig") }), ops, createLogger("t", "silent")).sync();
+    expect(kube.requests).toContain("PATCH /apis/ferry.dev/v1alpha1/osupgrades/o1/status");
     const used = new Set(
       kube.requests.map((r) => {
         const [method, path] = r.split(" ") as [string, string];
         if (/\/pods\/[^/]+\/eviction$/.test(path)) return "pods/eviction:create";
+        const cr = /^\/apis\/ferry\.dev\/v1alpha1\/osupgrades(\/[^/]+)?(\/status)?$/.exec(path);
+        if (cr) return `osupgrades${cr[2] ? "/status" : ""}:${method === "PATCH" ? "patch" : cr[1] ? "get" : "list"}`;
         const resource = /\/api\/v1\/(?:namespaces\/[^/]+\/)?(nodes|pods)/.exec(path)![1];
         const named = /\/(nodes|pods)\/[^/]+$/.test(path);
         return `${resource}:${method === "PATCH" ? "patch" : method === "POST" ? "create" : named ? "get" : "list"}`;

@@ -55,6 +55,9 @@ export class FakeKube implements AsyncDisposable {
   readonly nodes = new Map<string, FakeNode>();
   readonly pods = new Map<string, FakePod>();
   readonly pdbs: FakePdb[] = [];
+  /** Cluster-scoped custom objects by "<group>/<plural>/<name>" (OSUpgrades). */
+  readonly custom = new Map<string, Json & { metadata: Json & { name: string; finalizers?: string[]; deletionTimestamp?: string } }>();
+  #rv = 1;
   /** Every request served: "METHOD path". */
   readonly requests: string[] = [];
   /** Every node patch, in order. */
@@ -121,6 +124,29 @@ export class FakeKube implements AsyncDisposable {
     return p;
   }
 
+  /** Creates a cluster-scoped custom object, as `kubectl apply` would. */
+  applyCustom(group: string, plural: string, obj: Json & { metadata: { name: string } }): void {
+    const key = `${group}/${plural}/${obj.metadata.name}`;
+    const cur = this.custom.get(key);
+    const metadata: Json = {
+      creationTimestamp: new Date().toISOString(),
+      ...(cur?.metadata ?? {}),
+      ...obj.metadata,
+      resourceVersion: String(++this.#rv),
+      generation: ((cur?.metadata.generation as number | undefined) ?? 0) + 1,
+    };
+    this.custom.set(key, { ...(cur ?? {}), ...obj, metadata, status: cur?.status ?? {} } as never);
+  }
+
+  /** Deletes a custom object: with finalizers it only gets a deletionTimestamp until they are removed. */
+  deleteCustom(group: string, plural: string, name: string): void {
+    const key = `${group}/${plural}/${name}`;
+    const o = this.custom.get(key);
+    if (!o) return;
+    if ((o.metadata.finalizers ?? []).length > 0) o.metadata.deletionTimestamp ??= new Date().toISOString();
+    else this.custom.delete(key);
+  }
+
   podsOn(node: string): FakePod[] {
     return [...this.pods.values()].filter((p) => p.spec.nodeName === node);
   }
@@ -184,6 +210,29 @@ export class FakeKube implements AsyncDisposable {
         const next = mergePatch(n as unknown as Json, body) as unknown as FakeNode;
         this.nodes.set(n.metadata.name, next);
         return this.#json(res, { kind: "Node", apiVersion: "v1", ...next });
+      }
+    }
+    if ((m = /^\/apis\/([^/]+)\/[^/]+\/([^/]+)(?:\/([^/]+))?(?:\/(status))?$/.exec(url.pathname))) {
+      const [, group, plural, name, sub] = m as unknown as [string, string, string, string | undefined, string | undefined];
+      if (!name && req.method === "GET") {
+        const items = [...this.custom.entries()].filter(([k]) => k.startsWith(`${group}/${plural}/`)).map(([, v]) => v);
+        return this.#json(res, { apiVersion: `${group}/v1alpha1`, kind: "List", metadata: { resourceVersion: String(this.#rv) }, items });
+      }
+      const key = `${group}/${plural}/${name}`;
+      const o = this.custom.get(key);
+      if (!o) return this.#status(res, 404, "NotFound", `${plural}.${group} "${name}" not found`);
+      if (req.method === "GET") return this.#json(res, o);
+      if (req.method === "PATCH") {
+        if (!/merge-patch\+json/.test(req.headers["content-type"] ?? ""))
+          return this.#status(res, 415, "UnsupportedMediaType", "use application/merge-patch+json");
+        const body = JSON.parse(raw) as Json;
+        // The status subresource changes only .status; the main resource never does.
+        const patch = sub === "status" ? { status: body.status } : { ...body, status: undefined };
+        const next = mergePatch(o, JSON.parse(JSON.stringify(patch)) as Json) as typeof o;
+        next.metadata = { ...next.metadata, resourceVersion: String(++this.#rv) };
+        if (next.metadata.deletionTimestamp && (next.metadata.finalizers ?? []).length === 0) this.custom.delete(key);
+        else this.custom.set(key, next);
+        return this.#json(res, next);
       }
     }
     if (req.method === "GET" && url.pathname === "/api/v1/pods") {

@@ -8,6 +8,7 @@ import type { App, Logger } from "@ferry/runtime";
 import { Inventory } from "./adapters/inventory.ts";
 import { LeaderLease } from "./adapters/lease.ts";
 import { KubeGates, loadKubeConfig } from "./adapters/kube-gates.ts";
+import { OSUpgradeController } from "./adapters/osupgrade.ts";
 import { distributorStager } from "./adapters/stager.ts";
 import { UpgradeStore } from "./adapters/upgrade-store.ts";
 import type { Config } from "./config.ts";
@@ -39,11 +40,14 @@ export function createApp(config: Config, logger: Logger, over: PlannerOverrides
   const catalogClient = createClient(catalog.CatalogServiceService, config.catalogAddr, { ...clientOpts, deadlineMs: 10_000 });
   const stager = config.distributorAddr ? distributorStager(config.distributorAddr, clientOpts) : undefined;
   const log = logger.child({ component: "planner" });
+  const kubeconfig =
+    config.kubeconfig || config.kubeInCluster ? loadKubeConfig({ file: config.kubeconfig, inCluster: config.kubeInCluster }) : undefined;
+  let osupgrades: OSUpgradeController | undefined;
   const gates =
     over.gates ??
-    (config.kubeconfig || config.kubeInCluster
+    (kubeconfig
       ? new KubeGates({
-          kubeconfig: loadKubeConfig({ file: config.kubeconfig, inCluster: config.kubeInCluster }),
+          kubeconfig,
           log,
           drainTimeoutMs: config.drainTimeoutSeconds * 1000,
           criticalDaemonSets: config.criticalDaemonSets
@@ -111,6 +115,14 @@ export function createApp(config: Config, logger: Logger, over: PlannerOverrides
         void refresh();
         kubeTimer = setInterval(() => void refresh(), 15_000);
       }
+      const plannerOps = new Planner({
+        catalog: catalogClient,
+        inventory,
+        store,
+        log,
+        controller: () => controller,
+        leader: () => lease?.holder ?? "",
+      });
       lease = new LeaderLease(plannerKv, config.id, config.leaseMs, log, {
         onElected: () => {
           leading = leading.then(async () => {
@@ -133,6 +145,21 @@ export function createApp(config: Config, logger: Logger, over: PlannerOverrides
             controller = c;
             try {
               await c.start();
+              if (kubeconfig) {
+                // OSUpgrade objects become upgrades; only the leader acts on them.
+                osupgrades = new OSUpgradeController(
+                  kubeconfig,
+                  {
+                    get: (id) => c.upgrades.get(id)?.u,
+                    create: (req) => plannerOps.create(req),
+                    pause: (ref) => plannerOps.pause(ref),
+                    resume: (ref) => plannerOps.resume(ref),
+                    cancel: (ref) => plannerOps.cancel(ref),
+                  },
+                  log,
+                );
+                osupgrades.start(config.osupgradeIntervalMs);
+              }
             } catch (err) {
               log.error({ err }, "controller failed to start; stepping down");
               void lease?.resign();
@@ -140,19 +167,13 @@ export function createApp(config: Config, logger: Logger, over: PlannerOverrides
           });
         },
         onDeposed: () => {
+          osupgrades?.stop();
+          osupgrades = undefined;
           const c = controller;
           controller = undefined;
           leading = leading.then(async () => c?.stop());
           return leading;
         },
-      });
-      const plannerOps = new Planner({
-        catalog: catalogClient,
-        inventory,
-        store,
-        log,
-        controller: () => controller,
-        leader: () => lease?.holder ?? "",
       });
       server.add(
         planner.PlannerServiceService,

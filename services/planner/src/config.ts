@@ -32,6 +32,7 @@ const vars = {
     'comma-separated "namespace/name" DaemonSets whose pod must be Ready on a node before it commits',
     "",
   ),
+  osupgradeIntervalMs: v.int("FERRY_OSUPGRADE_SYNC_MS", "how often the leader looks at OSUpgrade objects", 2000, 100),
   replicas: v.int("FERRY_NATS_REPLICAS", "replicas of the planner's KV buckets and the events stream (1, or 3 on a NATS cluster)", 1, 1, 5),
 };
 

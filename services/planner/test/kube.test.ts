@@ -122,3 +122,57 @@ describe("Kubernetes gates", () => {
     await expect(gates.drain("nope", "u")).rejects.toThrow(/read node nope: HTTP 404/);
   });
 });
+
+describe("OSUpgrade objects", () => {
+  it("an OSUpgrade drives a rollout with status per node; deleting one mid-rollout cancels it cleanly and uncordons", async () => {
+    await using site = await Site.start();
+    await using kube = await FakeKube.start();
+    const fleet = await site.fleet(boards(4), { stepMs: 30 });
+    for (const b of fleet.boards.values()) kube.addNode(b.name, "v1.33.4", { controlPlane: b.role === "control-plane" });
+    const kubelet = setInterval(() => {
+      for (const [name, n] of kube.nodes) n.status.nodeInfo.kubeletVersion = fleet.runningVersion(name);
+    }, 20);
+    writeFileSync(join(site.dir.path, "kubeconfig"), kube.kubeconfig());
+    const { client } = await site.planner({ FERRY_KUBECONFIG: join(site.dir.path, "kubeconfig"), FERRY_OSUPGRADE_SYNC_MS: "200" });
+    await waitFor(async () => (await client.listNodes({ selector: "" })).nodes.length === 4);
+    const osu = (name: string) =>
+      kube.custom.get(`ferry.dev/osupgrades/${name}`) as { metadata: { finalizers?: string[] }; status: Record<string, unknown> } | undefined;
+
+    kube.applyCustom("ferry.dev", "osupgrades", {
+      apiVersion: "ferry.dev/v1alpha1",
+      kind: "OSUpgrade",
+      metadata: { name: "to-1337" },
+      spec: { target: "v1.33.7", strategy: { maxUnavailable: 2 } },
+    });
+    await waitFor(() => osu("to-1337")?.status.phase === "Succeeded", { timeoutMs: 30_000, what: "OSUpgrade to-1337 to succeed" });
+    const st = osu("to-1337")!.status as {
+      upgradeId: string;
+      nodes: string;
+      progress: string;
+      nodeProgress: Array<{ name: string; percent: number; step: string }>;
+    };
+    expect(st).toMatchObject({ upgradeId: "k8s-to-1337", nodes: "4/4", progress: "100%" });
+    expect(st.nodeProgress.map((n) => [n.name, n.percent, n.step])).toEqual([
+      ["cp-0", 100, "succeeded"],
+      ["worker-1", 100, "succeeded"],
+      ["worker-2", 100, "succeeded"],
+      ["worker-3", 100, "succeeded"],
+    ]);
+    expect(osu("to-1337")!.metadata.finalizers).toEqual(["ferry.dev/upgrade"]);
+    expect((await client.getUpgrade({ id: "k8s-to-1337" })).progress.every((g) => g.version === "v1.33.7")).toBe(true);
+
+    // The next one is deleted while it runs: cancelled, the finalizer lets go, nodes uncordoned.
+    kube.applyCustom("ferry.dev", "osupgrades", {
+      apiVersion: "ferry.dev/v1alpha1",
+      kind: "OSUpgrade",
+      metadata: { name: "to-1345" },
+      spec: { target: "v1.34.5", strategy: { maxUnavailable: 1 } },
+    });
+    await waitFor(() => osu("to-1345")?.status.phase === "Running", { timeoutMs: 10_000, what: "to-1345 running" });
+    kube.deleteCustom("ferry.dev", "osupgrades", "to-1345");
+    await waitFor(() => osu("to-1345") === undefined, { timeoutMs: 30_000, what: "the finalizer to let the object go" });
+    expect((await client.getUpgrade({ id: "k8s-to-1345" })).phase).toBe(planner.UpgradePhase.UPGRADE_PHASE_CANCELLED);
+    await waitFor(() => [...kube.nodes.values()].every((n) => !n.spec.unschedulable), { what: "every node uncordoned" });
+    clearInterval(kubelet);
+  });
+});

@@ -1,0 +1,200 @@
+// OSUpgrade objects (ferry.dev/v1alpha1, cluster-scoped) drive planner upgrades: each one
+// becomes upgrade "k8s-<name>" (created once; spec.paused pauses and resumes it), its
+// progress is mirrored into .status (merge-patch on the status subresource, only when it
+// changed), and deleting it cancels the upgrade — a finalizer holds the object until the
+// upgrade has ended, so nothing it started is left behind. The leader polls the list
+// (every `intervalMs`); a watch would save calls, polling survives API outages simply.
+import { ApiException, CustomObjectsApi, PatchStrategy, setHeaderOptions, type KubeConfig } from "@kubernetes/client-node";
+import { events, planner } from "@ferry/proto";
+import type { Logger } from "@ferry/runtime";
+
+export const GROUP = "ferry.dev";
+export const VERSION = "v1alpha1";
+export const PLURAL = "osupgrades";
+export const FINALIZER = "ferry.dev/upgrade";
+
+export interface OSUpgrade {
+  metadata: { name: string; finalizers?: string[]; deletionTimestamp?: string; generation?: number };
+  spec: {
+    target: string;
+    nodeSelector?: string;
+    paused?: boolean;
+    strategy?: { maxUnavailable?: number; canary?: number; failureBudget?: number; healthTimeoutSeconds?: number; maintenanceWindow?: string };
+  };
+  status?: Record<string, unknown>;
+}
+
+/** What the controller needs from the planner. */
+export interface UpgradeOps {
+  get(id: string): planner.Upgrade | undefined;
+  create(req: planner.CreateUpgradeRequest): Promise<planner.Upgrade>;
+  pause(ref: planner.UpgradeRef): Promise<planner.Upgrade>;
+  resume(ref: planner.UpgradeRef): Promise<planner.Upgrade>;
+  cancel(ref: planner.UpgradeRef): Promise<planner.Upgrade>;
+}
+
+const merge = setHeaderOptions("Content-Type", PatchStrategy.MergePatch);
+const P = planner.UpgradePhase;
+const phaseName = (p: planner.UpgradePhase) => {
+  const s = planner.upgradePhaseToJSON(p).replace("UPGRADE_PHASE_", "");
+  return s.charAt(0) + s.slice(1).toLowerCase();
+};
+export const upgradeIdFor = (name: string) => `k8s-${name.replace(/[^a-z0-9-]/g, "-")}`.slice(0, 40).replace(/-+$/, "");
+
+export class OSUpgradeController {
+  readonly #api: CustomObjectsApi;
+  readonly #ops: UpgradeOps;
+  readonly #log: Logger;
+  readonly #written = new Map<string, string>();
+  #timer: NodeJS.Timeout | undefined;
+  #busy = false;
+
+  constructor(kc: KubeConfig, ops: UpgradeOps, log: Logger) {
+    this.#api = kc.makeApiClient(CustomObjectsApi);
+    this.#ops = ops;
+    this.#log = log.child({ component: "osupgrade" });
+  }
+
+  start(intervalMs = 2000): void {
+    this.#timer = setInterval(() => void this.sync(), intervalMs);
+    void this.sync();
+  }
+
+  stop(): void {
+    clearInterval(this.#timer);
+  }
+
+  /** One pass over every OSUpgrade. */
+  async sync(): Promise<void> {
+    if (this.#busy) return;
+    this.#busy = true;
+    try {
+      const list = (await this.#api.listClusterCustomObject({ group: GROUP, version: VERSION, plural: PLURAL })) as { items: OSUpgrade[] };
+      for (const o of list.items) {
+        try {
+          await this.#reconcile(o);
+        } catch (err) {
+          this.#log.warn({ osupgrade: o.metadata.name, err: describe(err) }, "OSUpgrade not reconciled; retrying");
+        }
+      }
+    } catch (err) {
+      this.#log.debug({ err: describe(err) }, "listing OSUpgrades failed; retrying");
+    } finally {
+      this.#busy = false;
+    }
+  }
+
+  async #reconcile(o: OSUpgrade): Promise<void> {
+    const name = o.metadata.name;
+    const id = upgradeIdFor(name);
+    let u = this.#ops.get(id);
+    if (o.metadata.deletionTimestamp) {
+      if (u && !isEnded(u) && !u.cancelRequested) await this.#ops.cancel({ id, reason: `OSUpgrade ${name} deleted` });
+      u = this.#ops.get(id);
+      if (!u || isEnded(u)) {
+        await this.#patch(name, { metadata: { finalizers: (o.metadata.finalizers ?? []).filter((f) => f !== FINALIZER) } });
+        this.#log.info({ osupgrade: name, upgrade: id }, "OSUpgrade deleted; its upgrade has ended");
+      }
+      return;
+    }
+    if (!(o.metadata.finalizers ?? []).includes(FINALIZER))
+      await this.#patch(name, { metadata: { finalizers: [...(o.metadata.finalizers ?? []), FINALIZER] } });
+    if (!u) {
+      const st = o.spec.strategy ?? {};
+      try {
+        u = await this.#ops.create({
+          id,
+          spec: {
+            target: o.spec.target,
+            selector: o.spec.nodeSelector ?? "",
+            strategy: {
+              maxUnavailable: st.maxUnavailable ?? 1,
+              canary: st.canary ?? 0,
+              failureBudget: st.failureBudget ?? 0,
+              healthTimeoutSeconds: st.healthTimeoutSeconds ?? 0,
+              window: st.maintenanceWindow ? { daily: st.maintenanceWindow } : undefined,
+            },
+          },
+        });
+        this.#log.info({ osupgrade: name, upgrade: id }, "upgrade created for OSUpgrade");
+      } catch (err) {
+        return this.#status(name, {
+          phase: "Failed",
+          upgradeId: "",
+          progress: "",
+          nodes: "",
+          conditions: [condition("Accepted", "False", "Rejected", (err as Error).message)],
+        });
+      }
+    }
+    if (o.spec.paused && u.phase === P.UPGRADE_PHASE_RUNNING) u = await this.#ops.pause({ id, reason: "spec.paused" });
+    else if (!o.spec.paused && u.phase === P.UPGRADE_PHASE_PAUSED && u.message.includes("spec.paused"))
+      u = await this.#ops.resume({ id, reason: "spec.paused cleared" });
+    await this.#status(name, statusOf(u, o.metadata.generation));
+  }
+
+  async #patch(name: string, body: unknown): Promise<void> {
+    await this.#api.patchClusterCustomObject({ group: GROUP, version: VERSION, plural: PLURAL, name, body }, merge);
+  }
+
+  async #status(name: string, status: Record<string, unknown>): Promise<void> {
+    const key = JSON.stringify(status);
+    if (this.#written.get(name) === key) return;
+    await this.#api.patchClusterCustomObjectStatus({ group: GROUP, version: VERSION, plural: PLURAL, name, body: { status } }, merge);
+    this.#written.set(name, key);
+  }
+}
+
+const isEnded = (u: planner.Upgrade) =>
+  u.phase === P.UPGRADE_PHASE_SUCCEEDED || u.phase === P.UPGRADE_PHASE_FAILED || u.phase === P.UPGRADE_PHASE_CANCELLED;
+
+function condition(type: string, status: "True" | "False", reason: string, message: string) {
+  return { type, status, reason, message: message.slice(0, 1024) };
+}
+
+/** The status an OSUpgrade shows for its upgrade (timestamps left out so it only changes with progress). */
+export function statusOf(u: planner.Upgrade, generation?: number): Record<string, unknown> {
+  const ended = isEnded(u);
+  return {
+    observedGeneration: generation ?? 0,
+    upgradeId: u.id,
+    phase: phaseName(u.phase),
+    targetVersion: u.targetVersion,
+    progress: `${Math.round(u.percent)}%`,
+    nodes: `${u.nodesDone}/${u.nodesTotal}`,
+    nodesDone: u.nodesDone,
+    nodesTotal: u.nodesTotal,
+    failures: u.failures,
+    message: u.message,
+    conditions: [
+      condition("Accepted", "True", "Planned", `upgrade ${u.id}`),
+      condition("Complete", ended ? "True" : "False", phaseName(u.phase), u.message),
+      condition(
+        "AwaitingApproval",
+        u.awaitingApproval ? "True" : "False",
+        u.awaitingApproval ? "Canary" : "None",
+        u.awaitingApproval ? "approve with: ferry upgrade approve " + u.id : "",
+      ),
+    ],
+    nodeProgress: u.progress.map((g) => ({
+      name: g.node,
+      hop: Math.min(g.hopIndex + 1, g.hopCount),
+      hops: g.hopCount,
+      version: g.version,
+      step:
+        planner.nodeRunStateToJSON(g.runState) === "NODE_RUN_STATE_ACTIVE"
+          ? stepName(g.step)
+          : planner.nodeRunStateToJSON(g.runState).replace("NODE_RUN_STATE_", "").toLowerCase(),
+      percent: Math.round(g.percent),
+      message: g.message,
+    })),
+  };
+}
+
+const stepName = (s: events.StepName) => events.stepNameToJSON(s).replace("STEP_NAME_", "").toLowerCase().replace("unspecified", "");
+
+function describe(err: unknown): string {
+  if (err instanceof ApiException)
+    return `HTTP ${err.code}: ${typeof err.body === "string" ? err.body : ((err.body as { message?: string })?.message ?? "")}`;
+  return (err as Error).message;
+}
