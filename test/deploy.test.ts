@@ -104,23 +104,31 @@ describe("deploy/k8s", () => {
       resume: async () => upgrade,
       cancel: async () => upgrade,
     };
+    kube.applyCustom("monok8s.io", "osupgrades", {
+      apiVersion: "monok8s.io/v1alpha1",
+      kind: "OSUpgrade",
+      metadata: { name: "m1" },
+      spec: { version: "v1.34.5", catalog: { inline: "images: []" } },
+    });
     await new OSUpgradeController(loadKubeConfig({ file: join(dir.path, "kubeconfig") }), ops, createLogger("t", "silent")).sync();
     expect(kube.requests).toContain("PATCH /apis/ferry.dev/v1alpha1/osupgrades/o1/status");
     const used = new Set(
       kube.requests.map((r) => {
         const [method, path] = r.split(" ") as [string, string];
-        if (/\/pods\/[^/]+\/eviction$/.test(path)) return "pods/eviction:create";
-        const cr = /^\/apis\/ferry\.dev\/v1alpha1\/osupgrades(\/[^/]+)?(\/status)?$/.exec(path);
-        if (cr) return `osupgrades${cr[2] ? "/status" : ""}:${method === "PATCH" ? "patch" : cr[1] ? "get" : "list"}`;
+        if (/\/pods\/[^/]+\/eviction$/.test(path)) return ":pods/eviction:create";
+        const cr = /^\/apis\/([^/]+)\/v1alpha1\/osupgrades(\/[^/]+)?(\/status)?$/.exec(path);
+        if (cr) return `${cr[1]}:osupgrades${cr[3] ? "/status" : ""}:${method === "PATCH" ? "patch" : cr[2] ? "get" : "list"}`;
         const resource = /\/api\/v1\/(?:namespaces\/[^/]+\/)?(nodes|pods)/.exec(path)![1];
         const named = /\/(nodes|pods)\/[^/]+$/.test(path);
-        return `${resource}:${method === "PATCH" ? "patch" : method === "POST" ? "create" : named ? "get" : "list"}`;
+        return `:${resource}:${method === "PATCH" ? "patch" : method === "POST" ? "create" : named ? "get" : "list"}`;
       }),
     );
     const role = byKind("ClusterRole").find((r) => r.metadata!.name === "ferry-planner") as Doc & {
-      rules: Array<{ resources: string[]; verbs: string[] }>;
+      rules: Array<{ apiGroups: string[]; resources: string[]; verbs: string[] }>;
     };
-    const granted = new Set(role.rules.flatMap((r) => r.resources.flatMap((res) => r.verbs.map((v) => `${res}:${v}`))));
+    const granted = new Set(
+      role.rules.flatMap((r) => r.apiGroups.flatMap((g) => r.resources.flatMap((res) => r.verbs.map((v) => `${g}:${res}:${v}`)))),
+    );
     expect([...granted].sort()).toEqual([...used].sort());
   });
 

@@ -155,8 +155,10 @@ export function createApp(config: Config, logger: Logger, over: PlannerOverrides
                     pause: (ref) => plannerOps.pause(ref),
                     resume: (ref) => plannerOps.resume(ref),
                     cancel: (ref) => plannerOps.cancel(ref),
+                    importMonok8s: (yaml) => plannerOps.importMonok8s(yaml, config.monok8sBoard, config.monok8sArch),
                   },
                   log,
+                  { trustMonok8s: config.monok8sTrust },
                 );
                 osupgrades.start(config.osupgradeIntervalMs);
               }

@@ -32,6 +32,13 @@ const vars = {
     'comma-separated "namespace/name" DaemonSets whose pod must be Ready on a node before it commits',
     "",
   ),
+  monok8sTrust: v.bool(
+    "FERRY_MONOK8S_TRUST",
+    "adopt monok8s.io OSUpgrades: import their unsigned inline catalogs, re-signed by the catalog's site key",
+    false,
+  ),
+  monok8sBoard: v.string("FERRY_MONOK8S_BOARD", "board id the images of adopted monok8s catalogs are for", ""),
+  monok8sArch: v.string("FERRY_MONOK8S_ARCH", "CPU architecture of adopted monok8s images", "arm64"),
   osupgradeIntervalMs: v.int("FERRY_OSUPGRADE_SYNC_MS", "how often the leader looks at OSUpgrade objects", 2000, 100),
   replicas: v.int("FERRY_NATS_REPLICAS", "replicas of the planner's KV buckets and the events stream (1, or 3 on a NATS cluster)", 1, 1, 5),
 };

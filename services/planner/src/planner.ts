@@ -245,6 +245,20 @@ export class Planner {
     );
   }
 
+  /** Imports a monok8s catalog.yaml into the catalog, explicitly trusted: re-signed by its site key. */
+  async importMonok8s(catalogYaml: string, board: string, arch: string): Promise<void> {
+    if (!board)
+      throw failedPrecondition(
+        "FERRY_MONOK8S_BOARD is not set: the planner cannot tell which board a monok8s catalog's images are for",
+        "BOARD_REQUIRED",
+      );
+    try {
+      await this.#d.catalog.importCatalog({ catalogYaml, board, arch, trustAndResign: true, imageDir: "" });
+    } catch (err) {
+      throw failedPrecondition(`the catalog refused the inline catalog: ${(err as Error).message}`, "CATALOG_REJECTED");
+    }
+  }
+
   // ---- reads (any replica) ----
 
   get(id: string): planner.Upgrade {

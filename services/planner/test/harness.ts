@@ -46,6 +46,8 @@ export const plannerClient = (addr: string) => createClient(planner.PlannerServi
 
 export interface SiteOptions {
   releases?: string[];
+  /** Give the catalog a site key (for trusted imports). */
+  siteKey?: boolean;
   plannerEnv?: Record<string, string>;
 }
 
@@ -66,8 +68,15 @@ export class Site implements AsyncDisposable {
     await ensureEventsStream(s.nc);
     const kp = generateKeyPair();
     writeFileSync(s.keyring, formatKeyringJson([kp.publicPem], 1));
+    const siteKey = join(s.dir.path, "site.key");
+    if (o.siteKey) writeFileSync(siteKey, generateKeyPair().privatePem);
     const cat = createCatalog(
-      catalogConfig({ FERRY_NATS_URL: s.nats.url, FERRY_GRPC_ADDR: "127.0.0.1:0", FERRY_KEYRING_FILE: s.keyring }),
+      catalogConfig({
+        FERRY_NATS_URL: s.nats.url,
+        FERRY_GRPC_ADDR: "127.0.0.1:0",
+        FERRY_KEYRING_FILE: s.keyring,
+        ...(o.siteKey ? { FERRY_SITE_KEY_FILE: siteKey } : {}),
+      }),
       createLogger("catalog", "silent"),
     );
     await cat.start();

@@ -4,7 +4,10 @@
 // (PodDisruptionBudgets answered with 429 are retried, DaemonSet and mirror pods stay),
 // waits for the kubelet to report the release before the commit, uncordons only what it
 // cordoned, and rides out an API server outage.
+import { createHash } from "node:crypto";
 import { writeFileSync } from "node:fs";
+import { createServer } from "node:http";
+import { zstdCompressSync } from "node:zlib";
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
 import { events, planner } from "@ferry/proto";
@@ -174,5 +177,75 @@ describe("OSUpgrade objects", () => {
     expect((await client.getUpgrade({ id: "k8s-to-1345" })).phase).toBe(planner.UpgradePhase.UPGRADE_PHASE_CANCELLED);
     await waitFor(() => [...kube.nodes.values()].every((n) => !n.spec.unschedulable), { what: "every node uncordoned" });
     clearInterval(kubelet);
+  });
+});
+
+describe("monok8s OSUpgrades", () => {
+  async function setup(trust: boolean) {
+    const site = await Site.start({ siteKey: true });
+    const kube = await FakeKube.start();
+    const fleet = await site.fleet(boards(2), { stepMs: 5 });
+    for (const n of ["cp-0", "worker-1"]) kube.addNode(n, "v1.33.4", { controlPlane: n === "cp-0" });
+    const kubelet = setInterval(() => {
+      for (const [name, n] of kube.nodes) n.status.nodeInfo.kubeletVersion = fleet.runningVersion(name);
+    }, 20);
+    // An origin serving the monok8s image; its catalog.yaml carries the raw sha256.
+    const raw = Buffer.concat([Buffer.from("FERRY-OS v1.33.9 healthy\n"), Buffer.alloc(64 * 1024, "m8s")]);
+    const zst = zstdCompressSync(raw);
+    const origin = createServer((_req, res) => res.writeHead(200, { "content-length": zst.length }).end(zst));
+    await new Promise<void>((r) => origin.listen(0, "127.0.0.1", r));
+    const url = `http://127.0.0.1:${(origin.address() as { port: number }).port}/v1.33.9.img.zst`;
+    writeFileSync(join(site.dir.path, "kubeconfig"), kube.kubeconfig());
+    const { client } = await site.planner({
+      FERRY_KUBECONFIG: join(site.dir.path, "kubeconfig"),
+      FERRY_OSUPGRADE_SYNC_MS: "200",
+      ...(trust ? { FERRY_MONOK8S_TRUST: "true", FERRY_MONOK8S_BOARD: "ls1046a" } : {}),
+    });
+    kube.applyCustom("monok8s.io", "osupgrades", {
+      apiVersion: "monok8s.io/v1alpha1",
+      kind: "OSUpgrade",
+      metadata: { name: "edge" },
+      spec: {
+        version: "v1.33.9",
+        nodeSelector: { "ferry.dev/board": "ls1046a" },
+        catalog: {
+          inline: `images:\n  - version: v1.33.9\n    url: ${url}\n    checksum: sha256:${createHash("sha256").update(raw).digest("hex")}\n`,
+        },
+      },
+    });
+    const status = () =>
+      (
+        kube.custom.get("monok8s.io/osupgrades/edge") as unknown as {
+          status: { phase?: string; conditions?: Array<{ type: string; status: string; reason: string; message: string }> };
+        }
+      ).status;
+    return {
+      client,
+      status,
+      async [Symbol.asyncDispose]() {
+        clearInterval(kubelet);
+        origin.close();
+        await kube[Symbol.asyncDispose]();
+        await site[Symbol.asyncDispose]();
+      },
+    };
+  }
+
+  it("refuses to run an unsigned inline catalog without the explicit trust choice, and says so", async () => {
+    await using s = await setup(false);
+    await waitFor(() => s.status().conditions?.[0]?.reason === "TrustRequired", { what: "the TrustRequired condition" });
+    expect(s.status().conditions![0]).toMatchObject({ type: "Adopted", status: "False" });
+    expect(s.status().conditions![0]!.message).toMatch(/FERRY_MONOK8S_TRUST=true/);
+    await expect(s.client.getUpgrade({ id: "m8s-edge" })).rejects.toThrow(/NOT_FOUND/);
+  });
+
+  it("with trust, imports the catalog re-signed by the site key and runs it", async () => {
+    await using s = await setup(true);
+    await waitFor(() => s.status().phase === "Succeeded", { timeoutMs: 20_000, what: "the adopted upgrade to succeed" }).catch((err: Error) => {
+      throw new Error(`${err.message}: ${JSON.stringify(s.status())}`);
+    });
+    expect(s.status().conditions![0]).toMatchObject({ type: "Adopted", status: "True" });
+    const u = await s.client.getUpgrade({ id: "m8s-edge" });
+    expect(u.progress.map((g) => g.version)).toEqual(["v1.33.9", "v1.33.9"]);
   });
 });

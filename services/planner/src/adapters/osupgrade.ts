@@ -24,9 +24,20 @@ export interface OSUpgrade {
   status?: Record<string, unknown>;
 }
 
+export const MONOK8S_GROUP = "monok8s.io";
+
+/** A monok8s.io/v1alpha1 OSUpgrade, as monok8s sites already have them. */
+export interface Monok8sOSUpgrade {
+  metadata: { name: string; namespace?: string };
+  spec: { version?: string; nodeSelector?: Record<string, string> | string; catalog?: { inline?: string } };
+  status?: Record<string, unknown>;
+}
+
 /** What the controller needs from the planner. */
 export interface UpgradeOps {
   get(id: string): planner.Upgrade | undefined;
+  /** Imports an unsigned monok8s catalog, re-signed by the catalog's site key (explicit trust). */
+  importMonok8s?(catalogYaml: string): Promise<void>;
   create(req: planner.CreateUpgradeRequest): Promise<planner.Upgrade>;
   pause(ref: planner.UpgradeRef): Promise<planner.Upgrade>;
   resume(ref: planner.UpgradeRef): Promise<planner.Upgrade>;
@@ -39,7 +50,8 @@ const phaseName = (p: planner.UpgradePhase) => {
   const s = planner.upgradePhaseToJSON(p).replace("UPGRADE_PHASE_", "");
   return s.charAt(0) + s.slice(1).toLowerCase();
 };
-export const upgradeIdFor = (name: string) => `k8s-${name.replace(/[^a-z0-9-]/g, "-")}`.slice(0, 40).replace(/-+$/, "");
+/** The planner upgrade id of an OSUpgrade: "k8s-<name>" (monok8s ones: "m8s-<name>"). */
+export const upgradeIdFor = (name: string, prefix = "k8s") => `${prefix}-${name.replace(/[^a-z0-9-]/g, "-")}`.slice(0, 40).replace(/-+$/, "");
 
 export class OSUpgradeController {
   readonly #api: CustomObjectsApi;
@@ -48,11 +60,14 @@ export class OSUpgradeController {
   readonly #written = new Map<string, string>();
   #timer: NodeJS.Timeout | undefined;
   #busy = false;
+  readonly #trustMonok8s: boolean;
 
-  constructor(kc: KubeConfig, ops: UpgradeOps, log: Logger) {
+  /** `trustMonok8s`: adopt monok8s.io OSUpgrades, re-signing their inline catalogs (else they get a condition saying why not). */
+  constructor(kc: KubeConfig, ops: UpgradeOps, log: Logger, o: { trustMonok8s?: boolean } = {}) {
     this.#api = kc.makeApiClient(CustomObjectsApi);
     this.#ops = ops;
     this.#log = log.child({ component: "osupgrade" });
+    this.#trustMonok8s = o.trustMonok8s ?? false;
   }
 
   start(intervalMs = 2000): void {
@@ -79,9 +94,80 @@ export class OSUpgradeController {
       }
     } catch (err) {
       this.#log.debug({ err: describe(err) }, "listing OSUpgrades failed; retrying");
+    }
+    try {
+      const list = (await this.#api.listClusterCustomObject({ group: MONOK8S_GROUP, version: VERSION, plural: PLURAL })) as {
+        items: Monok8sOSUpgrade[];
+      };
+      for (const o of list.items) {
+        try {
+          await this.#adopt(o);
+        } catch (err) {
+          this.#log.warn({ osupgrade: o.metadata.name, err: describe(err) }, "monok8s OSUpgrade not adopted; retrying");
+        }
+      }
+    } catch (err) {
+      // No monok8s CRD on this cluster (404) is the common case.
+      if (!(err instanceof ApiException && err.code === 404)) this.#log.debug({ err: describe(err) }, "listing monok8s OSUpgrades failed");
     } finally {
       this.#busy = false;
     }
+  }
+
+  /** Adopts a monok8s.io OSUpgrade: its unsigned inline catalog needs the explicit trust choice. */
+  async #adopt(o: Monok8sOSUpgrade): Promise<void> {
+    const name = o.metadata.name;
+    const id = upgradeIdFor(name, "m8s");
+    const where = { group: MONOK8S_GROUP, version: VERSION, plural: PLURAL, name };
+    const setStatus = async (status: Record<string, unknown>) => {
+      const key = JSON.stringify(status);
+      if (this.#written.get(`m8s/${o.metadata.namespace ?? ""}/${name}`) === key) return;
+      if (o.metadata.namespace)
+        await this.#api.patchNamespacedCustomObjectStatus({ ...where, namespace: o.metadata.namespace, body: { status } }, merge);
+      else await this.#api.patchClusterCustomObjectStatus({ ...where, body: { status } }, merge);
+      this.#written.set(`m8s/${o.metadata.namespace ?? ""}/${name}`, key);
+    };
+    const refuse = (reason: string, message: string) => setStatus({ phase: "Failed", conditions: [condition("Adopted", "False", reason, message)] });
+    if (!o.spec.version) return refuse("Invalid", "spec.version is required");
+    let u = this.#ops.get(id);
+    if (!u) {
+      if (o.spec.catalog?.inline) {
+        if (!this.#trustMonok8s || !this.#ops.importMonok8s)
+          return refuse(
+            "TrustRequired",
+            "spec.catalog.inline is unsigned; nothing runs until the planner is told to trust it (FERRY_MONOK8S_TRUST=true), which re-signs it with the catalog's site key",
+          );
+        try {
+          await this.#ops.importMonok8s(o.spec.catalog.inline);
+        } catch (err) {
+          return refuse("CatalogRejected", (err as Error).message);
+        }
+      }
+      const sel =
+        typeof o.spec.nodeSelector === "string"
+          ? o.spec.nodeSelector
+          : Object.entries(o.spec.nodeSelector ?? {})
+              .map(([k, v]) => `${k}=${v}`)
+              .join(",");
+      try {
+        u = await this.#ops.create({
+          id,
+          spec: {
+            target: o.spec.version,
+            selector: sel,
+            strategy: { maxUnavailable: 1, canary: 0, failureBudget: 0, healthTimeoutSeconds: 0, window: undefined },
+          },
+        });
+        this.#log.info({ osupgrade: name, upgrade: id }, "monok8s OSUpgrade adopted");
+      } catch (err) {
+        return refuse("Rejected", (err as Error).message);
+      }
+    }
+    const st = statusOf(u);
+    await setStatus({
+      ...st,
+      conditions: [condition("Adopted", "True", "Adopted", `run by Ferry as upgrade ${id}`), ...(st.conditions as unknown[])],
+    });
   }
 
   async #reconcile(o: OSUpgrade): Promise<void> {
