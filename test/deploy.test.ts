@@ -116,6 +116,7 @@ describe("deploy/k8s", () => {
       kube.requests.map((r) => {
         const [method, path] = r.split(" ") as [string, string];
         if (/\/pods\/[^/]+\/eviction$/.test(path)) return ":pods/eviction:create";
+        if (/\/events$/.test(path)) return ":events:create";
         const cr = /^\/apis\/([^/]+)\/v1alpha1\/osupgrades(\/[^/]+)?(\/status)?$/.exec(path);
         if (cr) return `${cr[1]}:osupgrades${cr[3] ? "/status" : ""}:${method === "PATCH" ? "patch" : cr[2] ? "get" : "list"}`;
         const resource = /\/api\/v1\/(?:namespaces\/[^/]+\/)?(nodes|pods)/.exec(path)![1];

@@ -7,6 +7,7 @@
 //   when an eviction would break one; an evicted pod is deleted and, when it belongs to a
 //   ReplicaSet, replaced on another schedulable node after `rescheduleMs` — Pending until
 //   one is schedulable — as its controller and the scheduler would),
+//   POST /api/v1/namespaces/{ns}/events (kept in `events`),
 //   and an outage (the listener closes and connections are cut, then it comes back on the
 //   same port). Errors are metav1.Status bodies. Anything else answers 404.
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
@@ -62,6 +63,8 @@ export class FakeKube implements AsyncDisposable {
   readonly requests: string[] = [];
   /** Every node patch, in order. */
   readonly patches: Array<{ node: string; body: Json }> = [];
+  /** core/v1 Events created. */
+  readonly events: Json[] = [];
   evictions = 0;
   tooManyRequests = 0;
   rescheduleMs = 200;
@@ -234,6 +237,13 @@ export class FakeKube implements AsyncDisposable {
         else this.custom.set(key, next);
         return this.#json(res, next);
       }
+    }
+    if (req.method === "POST" && /^\/api\/v1\/namespaces\/[^/]+\/events$/.test(url.pathname)) {
+      const e = JSON.parse(raw) as Json;
+      this.events.push(e);
+      res.writeHead(201, { "content-type": "application/json" });
+      res.end(JSON.stringify(e));
+      return;
     }
     if (req.method === "GET" && url.pathname === "/api/v1/pods") {
       const sel = url.searchParams.get("fieldSelector") ?? "";

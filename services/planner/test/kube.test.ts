@@ -72,6 +72,9 @@ describe("Kubernetes gates", () => {
       ),
     );
     expect(kube.nodes.get("worker-3")!.spec.unschedulable).toBe(true);
+    // `kubectl describe node` shows what Ferry did.
+    const reasons = (n: string) => kube.events.filter((e) => (e.involvedObject as { name: string }).name === n).map((e) => e.reason);
+    expect(reasons("worker-1")).toEqual(expect.arrayContaining(["FerryCordoned", "FerryDrained", "FerryUncordoned"]));
     // Workloads were evicted (and rescheduled); DaemonSet and mirror pods were not.
     expect(kube.evictions).toBeGreaterThanOrEqual(3);
     expect([...kube.pods.keys()].filter((k) => k.startsWith("kube-system/")).sort()).toEqual([
@@ -123,6 +126,20 @@ describe("Kubernetes gates", () => {
     n.status.conditions = [{ type: "Ready", status: "False", message: "kubelet stopped posting node status" }];
     expect(await gates.clusterHealthy("n1", "v1.34.5")).toBe("node n1 is not Ready: kubelet stopped posting node status");
     await expect(gates.drain("nope", "u")).rejects.toThrow(/read node nope: HTTP 404/);
+
+    // A PodDisruptionBudget that never allows the eviction: the drain times out with a clear event.
+    const strict = new KubeGates({
+      kubeconfig: loadKubeConfig({ file: join(dir.path, "kubeconfig") }),
+      log: createLogger("t", "silent"),
+      drainTimeoutMs: 600,
+      retryMs: 50,
+    });
+    kube.addNode("n2", "v1.34.5");
+    kube.addPod("db", "db-0", "n2", { labels: { app: "db" }, owner: { kind: "StatefulSet", name: "db" } });
+    kube.pdbs.push({ namespace: "db", matchLabels: { app: "db" }, minAvailable: 1 });
+    await expect(strict.drain("n2", "u2")).rejects.toThrow(/drain of n2 timed out after 0.6 s: db\/db-0 still there/);
+    expect(kube.tooManyRequests).toBeGreaterThan(0);
+    expect(kube.events.at(-1)).toMatchObject({ type: "Warning", reason: "FerryDrainTimeout", involvedObject: { kind: "Node", name: "n2" } });
   });
 });
 

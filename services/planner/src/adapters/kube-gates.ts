@@ -84,14 +84,18 @@ export class KubeGates implements ClusterGates {
         this.#api.patchNode({ name: node, body: { spec: { unschedulable: true }, metadata: { annotations: { [CORDONED_BY]: upgradeId } } } }, merge),
       );
       this.#log.info({ node, upgradeId }, "cordoned");
+      await this.#event(node, "Normal", "FerryCordoned", `cordoned by Ferry for upgrade ${upgradeId}; draining before the OS reboot`);
     }
     for (;;) {
       const pods = (
         await this.#call(`list pods on ${node}`, () => this.#api.listPodForAllNamespaces({ fieldSelector: `spec.nodeName=${node}` }), deadline)
       ).items.filter(evictable);
       if (pods.length === 0) break;
-      if (Date.now() > deadline)
-        throw new Error(`drain of ${node} timed out after ${this.#drainTimeoutMs / 1000} s: ${pods.map(podName).join(", ")} still there`);
+      if (Date.now() > deadline) {
+        const why = `drain of ${node} timed out after ${this.#drainTimeoutMs / 1000} s: ${pods.map(podName).join(", ")} still there (a PodDisruptionBudget?); the reboot stays held and the drain is retried`;
+        await this.#event(node, "Warning", "FerryDrainTimeout", why);
+        throw new Error(why);
+      }
       for (const p of pods) {
         try {
           await this.#api.createNamespacedPodEviction({
@@ -109,6 +113,30 @@ export class KubeGates implements ClusterGates {
       await sleep(this.#retryMs);
     }
     this.#log.info({ node, upgradeId }, "drained");
+    await this.#event(node, "Normal", "FerryDrained", `drained for upgrade ${upgradeId}; the OS reboot may go ahead`);
+  }
+
+  /** A core/v1 Event on the Node (what `kubectl describe node` shows); best effort. */
+  async #event(node: string, type: "Normal" | "Warning", reason: string, message: string): Promise<void> {
+    const now = new Date();
+    try {
+      await this.#api.createNamespacedEvent({
+        namespace: "default",
+        body: {
+          metadata: { generateName: `${node}.ferry.` },
+          involvedObject: { apiVersion: "v1", kind: "Node", name: node, uid: node },
+          type,
+          reason,
+          message: message.slice(0, 1024),
+          source: { component: "ferry-planner" },
+          firstTimestamp: now,
+          lastTimestamp: now,
+          count: 1,
+        },
+      });
+    } catch (err) {
+      this.#log.debug({ node, reason, err: describe(err) }, "event not recorded");
+    }
   }
 
   async clusterHealthy(node: string, version: string): Promise<true | string> {
@@ -170,6 +198,7 @@ export class KubeGates implements ClusterGates {
       this.#api.patchNode({ name: node, body: { spec: { unschedulable: null }, metadata: { annotations: { [CORDONED_BY]: null } } } }, merge),
     );
     this.#log.info({ node }, "uncordoned");
+    await this.#event(node, "Normal", "FerryUncordoned", "uncordoned by Ferry after its OS upgrade step");
   }
 }
 
