@@ -160,6 +160,17 @@ describe("deploy/docker/Dockerfile", () => {
   });
 });
 
+describe("Tiltfile", () => {
+  it("builds the image and applies the overlay that exist, forwarding the services' ports, with a local mode", () => {
+    const t = readFileSync(join(repoRoot, "Tiltfile"), "utf8");
+    for (const [, path] of t.matchAll(/(?:dockerfile=|kustomize\()"([^"]+)"/g)) expect(existsSync(join(repoRoot, path!)), path).toBe(true);
+    const resources = [...t.matchAll(/k8s_resource\("([^"]+)"/g)].map((m) => m[1]);
+    const workloads = base.filter((d) => ["Deployment", "DaemonSet", "StatefulSet"].includes(d.kind!)).map((d) => d.metadata!.name);
+    expect(resources.sort()).toEqual(workloads.sort());
+    expect(t).toMatch(/local_resource\(\s*"site",\s*serve_cmd="npm start"/);
+  });
+});
+
 describe("deploy/docker-compose.yml", () => {
   it("is a valid compose file for what it uses: commands, images, known dependencies, named volumes declared", () => {
     const c = parse(readFileSync(join(repoRoot, "deploy/docker-compose.yml"), "utf8"), { merge: true }) as {
