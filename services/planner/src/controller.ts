@@ -227,30 +227,23 @@ export class Controller {
       const d = decide(u, w);
       if (d.changed) x.dirty = true;
       const plans = new Map(u.plan.map((p) => [p.node, p]));
-      for (const node of d.rebootReady) {
+      const gate = (node: string, kind: "reboot" | "commit", check: () => Promise<true | string>) => {
         const g = u.progress.find((p) => p.node === node)!;
-        const r = this.#gate(`reboot/${u.id}/${node}/${g.hopIndex}`, () => this.#d.gates.drain(node, u.id).then(() => true as const));
+        const r = this.#gate(`${kind}/${u.id}/${node}/${g.hopIndex}`, check);
         if (r === true) {
-          g.rebootGranted = true;
-          g.message = "reboot granted";
+          if (kind === "reboot") g.rebootGranted = true;
+          else g.commitGranted = true;
+          g.message = `${kind} granted`;
           x.dirty = true;
         } else if (g.message !== r) {
           g.message = r;
           x.dirty = true;
         }
-      }
+      };
+      for (const node of d.rebootReady) gate(node, "reboot", () => this.#d.gates.drain(node, u.id).then(() => true as const));
       for (const node of d.commitReady) {
-        const g = u.progress.find((p) => p.node === node)!;
-        const version = plans.get(node)?.hops[g.hopIndex] ?? "";
-        const r = this.#gate(`commit/${u.id}/${node}/${g.hopIndex}`, () => this.#d.gates.clusterHealthy(node, version));
-        if (r === true) {
-          g.commitGranted = true;
-          g.message = "commit granted";
-          x.dirty = true;
-        } else if (g.message !== r) {
-          g.message = r;
-          x.dirty = true;
-        }
+        const hop = u.progress.find((p) => p.node === node)!.hopIndex;
+        gate(node, "commit", () => this.#d.gates.clusterHealthy(node, plans.get(node)?.hops[hop] ?? ""));
       }
     }
     // Persist, then ack, then command.

@@ -14,7 +14,16 @@ import { events, planner } from "@ferry/proto";
 import { createLogger } from "@ferry/runtime";
 import { FakeKube, tempDir, waitFor } from "@ferry/testing";
 import { CORDONED_BY, KubeGates, LABEL_BOOTED_SLOT, LABEL_OS_VERSION, loadKubeConfig } from "../src/adapters/kube-gates.ts";
+import type { SimFleet } from "@ferry/node-daemon/sim";
 import { boards, Site } from "./harness.ts";
+
+/** The fake cluster's kubelets report the version each simulated board runs. */
+function followKubelets(kube: FakeKube, fleet: SimFleet): Disposable {
+  const t = setInterval(() => {
+    for (const [name, n] of kube.nodes) if (fleet.boards.has(name)) n.status.nodeInfo.kubeletVersion = fleet.runningVersion(name);
+  }, 20);
+  return { [Symbol.dispose]: () => clearInterval(t) };
+}
 
 describe("Kubernetes gates", () => {
   it("drains before each reboot, checks the kubelet before each commit, uncordons only its own cordons, survives an outage", async () => {
@@ -30,9 +39,7 @@ describe("Kubernetes gates", () => {
       kube.addPod("shop", `web-${i}`, node, { labels: { app: "web" }, owner: { kind: "ReplicaSet", name: "web" } });
     kube.pdbs.push({ namespace: "shop", matchLabels: { app: "web" }, minAvailable: 2 });
     // The kubelet reports the version the board runs.
-    const kubelet = setInterval(() => {
-      for (const [name, n] of kube.nodes) n.status.nodeInfo.kubeletVersion = fleet.runningVersion(name);
-    }, 20);
+    using _kubelets = followKubelets(kube, fleet);
     const kubeconfig = join(site.dir.path, "kubeconfig");
     writeFileSync(kubeconfig, kube.kubeconfig());
     const { client } = await site.planner({ FERRY_KUBECONFIG: kubeconfig, FERRY_KUBE_CRITICAL_DAEMONSETS: "kube-system/kube-proxy" });
@@ -60,7 +67,6 @@ describe("Kubernetes gates", () => {
         `${err.message}: ${u.message}: ${u.progress.map((g) => `${g.node} ${g.runState} ${g.message}`).join("; ")} | ${kube.requests.slice(-5).join(", ")}`,
       );
     });
-    clearInterval(kubelet);
     expect(done.progress.map((g) => g.version)).toEqual(Array(4).fill("v1.33.7"));
     // Every node was cordoned (ours) or already cordoned (the operator's worker-3).
     const cordons = kube.patches.filter((p) => (p.body.spec as { unschedulable?: boolean } | undefined)?.unschedulable === true).map((p) => p.node);
@@ -149,9 +155,7 @@ describe("OSUpgrade objects", () => {
     await using kube = await FakeKube.start();
     const fleet = await site.fleet(boards(4), { stepMs: 30 });
     for (const b of fleet.boards.values()) kube.addNode(b.name, "v1.33.4", { controlPlane: b.role === "control-plane" });
-    const kubelet = setInterval(() => {
-      for (const [name, n] of kube.nodes) n.status.nodeInfo.kubeletVersion = fleet.runningVersion(name);
-    }, 20);
+    using _kubelets = followKubelets(kube, fleet);
     writeFileSync(join(site.dir.path, "kubeconfig"), kube.kubeconfig());
     const { client } = await site.planner({ FERRY_KUBECONFIG: join(site.dir.path, "kubeconfig"), FERRY_OSUPGRADE_SYNC_MS: "200" });
     await waitFor(async () => (await client.listNodes({ selector: "" })).nodes.length === 4);
@@ -193,7 +197,6 @@ describe("OSUpgrade objects", () => {
     await waitFor(() => osu("to-1345") === undefined, { timeoutMs: 30_000, what: "the finalizer to let the object go" });
     expect((await client.getUpgrade({ id: "k8s-to-1345" })).phase).toBe(planner.UpgradePhase.UPGRADE_PHASE_CANCELLED);
     await waitFor(() => [...kube.nodes.values()].every((n) => !n.spec.unschedulable), { what: "every node uncordoned" });
-    clearInterval(kubelet);
   });
 });
 
@@ -203,9 +206,7 @@ describe("monok8s OSUpgrades", () => {
     const kube = await FakeKube.start();
     const fleet = await site.fleet(boards(2), { stepMs: 5 });
     for (const n of ["cp-0", "worker-1"]) kube.addNode(n, "v1.33.4", { controlPlane: n === "cp-0" });
-    const kubelet = setInterval(() => {
-      for (const [name, n] of kube.nodes) n.status.nodeInfo.kubeletVersion = fleet.runningVersion(name);
-    }, 20);
+    const kubelets = followKubelets(kube, fleet);
     // An origin serving the monok8s image; its catalog.yaml carries the raw sha256.
     const raw = Buffer.concat([Buffer.from("FERRY-OS v1.33.9 healthy\n"), Buffer.alloc(64 * 1024, "m8s")]);
     const zst = zstdCompressSync(raw);
@@ -240,7 +241,7 @@ describe("monok8s OSUpgrades", () => {
       client,
       status,
       async [Symbol.asyncDispose]() {
-        clearInterval(kubelet);
+        kubelets[Symbol.dispose]();
         origin.close();
         await kube[Symbol.asyncDispose]();
         await site[Symbol.asyncDispose]();

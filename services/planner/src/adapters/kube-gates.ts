@@ -86,6 +86,7 @@ export class KubeGates implements ClusterGates {
       this.#log.info({ node, upgradeId }, "cordoned");
       await this.#event(node, "Normal", "FerryCordoned", `cordoned by Ferry for upgrade ${upgradeId}; draining before the OS reboot`);
     }
+    let backoff = this.#retryMs;
     for (;;) {
       const pods = (
         await this.#call(`list pods on ${node}`, () => this.#api.listPodForAllNamespaces({ fieldSelector: `spec.nodeName=${node}` }), deadline)
@@ -96,6 +97,7 @@ export class KubeGates implements ClusterGates {
         await this.#event(node, "Warning", "FerryDrainTimeout", why);
         throw new Error(why);
       }
+      let refused = false;
       for (const p of pods) {
         try {
           await this.#api.createNamespacedPodEviction({
@@ -105,12 +107,15 @@ export class KubeGates implements ClusterGates {
           });
         } catch (err) {
           // 429: a PodDisruptionBudget says not now; 404: already gone. Both: look again.
-          if (!(err instanceof ApiException) || (err.code !== 429 && err.code !== 404)) {
+          if (err instanceof ApiException && err.code === 429) refused = true;
+          else if (!(err instanceof ApiException) || err.code !== 404) {
             if (err instanceof ApiException && err.code < 500) throw new Error(`evict ${podName(p)}: ${describe(err)}`, { cause: err });
           }
         }
       }
-      await sleep(this.#retryMs);
+      // Pods still terminating: look again soon; evictions refused (429): back off, to 5 s.
+      await sleep(refused ? backoff : this.#retryMs);
+      backoff = refused ? Math.min(5000, backoff * 2) : this.#retryMs;
     }
     this.#log.info({ node, upgradeId }, "drained");
     await this.#event(node, "Normal", "FerryDrained", `drained for upgrade ${upgradeId}; the OS reboot may go ahead`);

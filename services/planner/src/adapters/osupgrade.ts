@@ -79,38 +79,33 @@ export class OSUpgradeController {
     clearInterval(this.#timer);
   }
 
-  /** One pass over every OSUpgrade. */
+  /** One pass over every OSUpgrade (Ferry's, then monok8s' to adopt). */
   async sync(): Promise<void> {
     if (this.#busy) return;
     this.#busy = true;
     try {
-      const list = (await this.#api.listClusterCustomObject({ group: GROUP, version: VERSION, plural: PLURAL })) as { items: OSUpgrade[] };
-      for (const o of list.items) {
-        try {
-          await this.#reconcile(o);
-        } catch (err) {
-          this.#log.warn({ osupgrade: o.metadata.name, err: describe(err) }, "OSUpgrade not reconciled; retrying");
-        }
-      }
-    } catch (err) {
-      this.#log.debug({ err: describe(err) }, "listing OSUpgrades failed; retrying");
-    }
-    try {
-      const list = (await this.#api.listClusterCustomObject({ group: MONOK8S_GROUP, version: VERSION, plural: PLURAL })) as {
-        items: Monok8sOSUpgrade[];
-      };
-      for (const o of list.items) {
-        try {
-          await this.#adopt(o);
-        } catch (err) {
-          this.#log.warn({ osupgrade: o.metadata.name, err: describe(err) }, "monok8s OSUpgrade not adopted; retrying");
-        }
-      }
-    } catch (err) {
-      // No monok8s CRD on this cluster (404) is the common case.
-      if (!(err instanceof ApiException && err.code === 404)) this.#log.debug({ err: describe(err) }, "listing monok8s OSUpgrades failed");
+      await this.#each<OSUpgrade>(GROUP, (o) => this.#reconcile(o));
+      await this.#each<Monok8sOSUpgrade>(MONOK8S_GROUP, (o) => this.#adopt(o));
     } finally {
       this.#busy = false;
+    }
+  }
+
+  async #each<T extends { metadata: { name: string } }>(group: string, fn: (o: T) => Promise<void>): Promise<void> {
+    let items: T[];
+    try {
+      items = ((await this.#api.listClusterCustomObject({ group, version: VERSION, plural: PLURAL })) as { items: T[] }).items;
+    } catch (err) {
+      // No such CRD on this cluster (404: monok8s' is usually absent) or the API away: next pass.
+      if (!(err instanceof ApiException && err.code === 404)) this.#log.debug({ group, err: describe(err) }, "listing OSUpgrades failed; retrying");
+      return;
+    }
+    for (const o of items) {
+      try {
+        await fn(o);
+      } catch (err) {
+        this.#log.warn({ group, osupgrade: o.metadata.name, err: describe(err) }, "OSUpgrade not reconciled; retrying");
+      }
     }
   }
 
