@@ -8,7 +8,7 @@ import { describe, expect, it } from "vitest";
 import { parseAllDocuments, parse } from "yaml";
 import { events, planner } from "@ferry/proto";
 import { createLogger } from "@ferry/runtime";
-import { FakeKube, repoRoot, tempDir } from "@ferry/testing";
+import { FakeKube, repoRoot, tempDir, waitFor } from "@ferry/testing";
 import { KubeGates, loadKubeConfig } from "../services/planner/src/adapters/kube-gates.ts";
 import { OSUpgradeController } from "../services/planner/src/adapters/osupgrade.ts";
 
@@ -110,7 +110,15 @@ describe("deploy/k8s", () => {
       metadata: { name: "m1" },
       spec: { version: "v1.34.5", catalog: { inline: "images: []" } },
     });
-    await new OSUpgradeController(loadKubeConfig({ file: join(dir.path, "kubeconfig") }), ops, createLogger("t", "silent")).sync();
+    const osu = new OSUpgradeController(loadKubeConfig({ file: join(dir.path, "kubeconfig") }), ops, createLogger("t", "silent"));
+    osu.start(100);
+    await waitFor(
+      () =>
+        kube.requests.includes("PATCH /apis/ferry.dev/v1alpha1/osupgrades/o1/status") &&
+        kube.requests.includes("PATCH /apis/monok8s.io/v1alpha1/osupgrades/m1/status"),
+    );
+    await waitFor(() => kube.watches.length >= 2);
+    osu.stop();
     expect(kube.requests).toContain("PATCH /apis/ferry.dev/v1alpha1/osupgrades/o1/status");
     const used = new Set(
       kube.requests.map((r) => {
@@ -124,6 +132,7 @@ describe("deploy/k8s", () => {
         return `:${resource}:${method === "PATCH" ? "patch" : method === "POST" ? "create" : named ? "get" : "list"}`;
       }),
     );
+    for (const w of kube.watches) used.add(`${w.prefix.split("/")[0]}:${w.prefix.split("/")[1]}:watch`);
     const role = byKind("ClusterRole").find((r) => r.metadata!.name === "ferry-planner") as Doc & {
       rules: Array<{ apiGroups: string[]; resources: string[]; verbs: string[] }>;
     };

@@ -56,6 +56,11 @@ export class FakeKube implements AsyncDisposable {
   readonly nodes = new Map<string, FakeNode>();
   readonly pods = new Map<string, FakePod>();
   readonly pdbs: FakePdb[] = [];
+  /** Changes to custom objects, for watches (the oldest are compacted away: 410 Gone). */
+  #changes: Array<{ rv: number; prefix: string; type: "ADDED" | "MODIFIED" | "DELETED"; object: Json }> = [];
+  #compactedTo = 0;
+  readonly #watchers = new Set<{ prefix: string; send: (e: Json) => void }>();
+  bookmarkMs = 300;
   /** Cluster-scoped custom objects by "<group>/<plural>/<name>" (OSUpgrades). */
   readonly custom = new Map<string, Json & { metadata: Json & { name: string; finalizers?: string[]; deletionTimestamp?: string } }>();
   #rv = 1;
@@ -63,6 +68,9 @@ export class FakeKube implements AsyncDisposable {
   readonly requests: string[] = [];
   /** Every node patch, in order. */
   readonly patches: Array<{ node: string; body: Json }> = [];
+  /** Lists and watches of custom objects: "<group>/<plural>/" and the watch's resourceVersion. */
+  readonly lists: string[] = [];
+  readonly watches: Array<{ prefix: string; from: number }> = [];
   /** core/v1 Events created. */
   readonly events: Json[] = [];
   evictions = 0;
@@ -127,6 +135,20 @@ export class FakeKube implements AsyncDisposable {
     return p;
   }
 
+  #changed(key: string, type: "ADDED" | "MODIFIED" | "DELETED", object: Json): void {
+    const prefix = key.slice(0, key.lastIndexOf("/") + 1);
+    const rv = Number((object.metadata as Json).resourceVersion);
+    const c = { rv, prefix, type, object: JSON.parse(JSON.stringify(object)) as Json };
+    this.#changes.push(c);
+    for (const w of this.#watchers) if (w.prefix === prefix) w.send({ type, object: c.object });
+  }
+
+  /** Forgets the change history: a watch from an older resourceVersion gets 410 Gone. */
+  compact(): void {
+    this.#compactedTo = this.#rv;
+    this.#changes = [];
+  }
+
   /** Creates a cluster-scoped custom object, as `kubectl apply` would. */
   applyCustom(group: string, plural: string, obj: Json & { metadata: { name: string } }): void {
     const key = `${group}/${plural}/${obj.metadata.name}`;
@@ -138,7 +160,9 @@ export class FakeKube implements AsyncDisposable {
       resourceVersion: String(++this.#rv),
       generation: ((cur?.metadata.generation as number | undefined) ?? 0) + 1,
     };
-    this.custom.set(key, { ...(cur ?? {}), ...obj, metadata, status: cur?.status ?? {} } as never);
+    const next = { ...(cur ?? {}), ...obj, metadata, status: cur?.status ?? {} } as never;
+    this.custom.set(key, next);
+    this.#changed(key, cur ? "MODIFIED" : "ADDED", next);
   }
 
   /** Deletes a custom object: with finalizers it only gets a deletionTimestamp until they are removed. */
@@ -146,8 +170,14 @@ export class FakeKube implements AsyncDisposable {
     const key = `${group}/${plural}/${name}`;
     const o = this.custom.get(key);
     if (!o) return;
-    if ((o.metadata.finalizers ?? []).length > 0) o.metadata.deletionTimestamp ??= new Date().toISOString();
-    else this.custom.delete(key);
+    o.metadata.resourceVersion = String(++this.#rv);
+    if ((o.metadata.finalizers ?? []).length > 0) {
+      o.metadata.deletionTimestamp ??= new Date().toISOString();
+      this.#changed(key, "MODIFIED", o);
+    } else {
+      this.custom.delete(key);
+      this.#changed(key, "DELETED", o);
+    }
   }
 
   podsOn(node: string): FakePod[] {
@@ -217,7 +247,10 @@ export class FakeKube implements AsyncDisposable {
     }
     if ((m = /^\/apis\/([^/]+)\/[^/]+\/([^/]+)(?:\/([^/]+))?(?:\/(status))?$/.exec(url.pathname))) {
       const [, group, plural, name, sub] = m as unknown as [string, string, string, string | undefined, string | undefined];
+      if (!name && req.method === "GET" && /^(true|1)$/.test(url.searchParams.get("watch") ?? ""))
+        return this.#watch(req, res, url, `${group}/${plural}/`);
       if (!name && req.method === "GET") {
+        this.lists.push(`${group}/${plural}/`);
         const items = [...this.custom.entries()].filter(([k]) => k.startsWith(`${group}/${plural}/`)).map(([, v]) => v);
         return this.#json(res, { apiVersion: `${group}/v1alpha1`, kind: "List", metadata: { resourceVersion: String(this.#rv) }, items });
       }
@@ -233,8 +266,13 @@ export class FakeKube implements AsyncDisposable {
         const patch = sub === "status" ? { status: body.status } : { ...body, status: undefined };
         const next = mergePatch(o, JSON.parse(JSON.stringify(patch)) as Json) as typeof o;
         next.metadata = { ...next.metadata, resourceVersion: String(++this.#rv) };
-        if (next.metadata.deletionTimestamp && (next.metadata.finalizers ?? []).length === 0) this.custom.delete(key);
-        else this.custom.set(key, next);
+        if (next.metadata.deletionTimestamp && (next.metadata.finalizers ?? []).length === 0) {
+          this.custom.delete(key);
+          this.#changed(key, "DELETED", next);
+        } else {
+          this.custom.set(key, next);
+          this.#changed(key, "MODIFIED", next);
+        }
         return this.#json(res, next);
       }
     }
@@ -290,6 +328,51 @@ export class FakeKube implements AsyncDisposable {
       return;
     }
     return this.#status(res, 404, "NotFound", `the server could not find the requested resource (${req.method} ${url.pathname})`);
+  }
+
+  /**
+   * A watch: every change after `resourceVersion` (410 Gone when it was compacted away),
+   * then live ones, BOOKMARKs every `bookmarkMs` when asked for, until `timeoutSeconds`.
+   */
+  #watch(req: IncomingMessage, res: ServerResponse, url: URL, prefix: string): void {
+    const from = Number(url.searchParams.get("resourceVersion") ?? "0");
+    this.watches.push({ prefix, from });
+    res.writeHead(200, { "content-type": "application/json", "transfer-encoding": "chunked" });
+    const send = (e: Json) => res.write(`${JSON.stringify(e)}\n`);
+    if (from > 0 && from < this.#compactedTo) {
+      send({
+        type: "ERROR",
+        object: {
+          kind: "Status",
+          apiVersion: "v1",
+          status: "Failure",
+          reason: "Expired",
+          code: 410,
+          message: `too old resource version: ${from} (${this.#compactedTo})`,
+        },
+      });
+      res.end();
+      return;
+    }
+    for (const c of this.#changes) if (c.prefix === prefix && c.rv > from) send({ type: c.type, object: c.object });
+    const w = { prefix, send };
+    this.#watchers.add(w);
+    const bookmarks =
+      url.searchParams.get("allowWatchBookmarks") === "true"
+        ? setInterval(
+            () => send({ type: "BOOKMARK", object: { kind: "OSUpgrade", apiVersion: "v1alpha1", metadata: { resourceVersion: String(this.#rv) } } }),
+            this.bookmarkMs,
+          )
+        : undefined;
+    const timeout = Number(url.searchParams.get("timeoutSeconds") ?? "0");
+    const end = setTimeout(() => res.end(), (timeout || 1800) * 1000);
+    const close = () => {
+      this.#watchers.delete(w);
+      clearInterval(bookmarks);
+      clearTimeout(end);
+    };
+    req.socket.once("close", close);
+    res.once("finish", close);
   }
 
   async [Symbol.asyncDispose](): Promise<void> {

@@ -80,7 +80,9 @@ describe("Kubernetes gates", () => {
     expect(kube.nodes.get("worker-3")!.spec.unschedulable).toBe(true);
     // `kubectl describe node` shows what Ferry did.
     const reasons = (n: string) => kube.events.filter((e) => (e.involvedObject as { name: string }).name === n).map((e) => e.reason);
-    expect(reasons("worker-1")).toEqual(expect.arrayContaining(["FerryCordoned", "FerryDrained", "FerryUncordoned"]));
+    await waitFor(() => ["FerryCordoned", "FerryDrained", "FerryUncordoned"].every((r) => reasons("worker-1").includes(r)), {
+      what: "worker-1's events",
+    });
     // Workloads were evicted (and rescheduled); DaemonSet and mirror pods were not.
     expect(kube.evictions).toBeGreaterThanOrEqual(3);
     expect([...kube.pods.keys()].filter((k) => k.startsWith("kube-system/")).sort()).toEqual([
@@ -184,6 +186,22 @@ describe("OSUpgrade objects", () => {
     ]);
     expect(osu("to-1337")!.metadata.finalizers).toEqual(["ferry.dev/upgrade"]);
     expect((await client.getUpgrade({ id: "k8s-to-1337" })).progress.every((g) => g.version === "v1.33.7")).toBe(true);
+
+    // Changes arrive by watch (one list, then watches from its resourceVersion with bookmarks).
+    expect(kube.lists.filter((l) => l === "ferry.dev/osupgrades/")).toHaveLength(1);
+    expect(kube.watches.filter((w) => w.prefix === "ferry.dev/osupgrades/").length).toBeGreaterThan(0);
+    // The API server goes away; meanwhile an object changes and the history is compacted:
+    // the watch comes back with a too-old resourceVersion, gets 410 Gone, and the
+    // controller lists again.
+    await kube.outage(1000);
+    kube.applyCustom("ferry.dev", "osupgrades", {
+      apiVersion: "ferry.dev/v1alpha1",
+      kind: "OSUpgrade",
+      metadata: { name: "to-1337" },
+      spec: { target: "v1.33.7", strategy: { maxUnavailable: 2 } },
+    });
+    kube.compact();
+    await waitFor(() => kube.lists.filter((l) => l === "ferry.dev/osupgrades/").length === 2, { timeoutMs: 10_000, what: "a relist after 410 Gone" });
 
     // The next one is deleted while it runs: cancelled, the finalizer lets go, nodes uncordoned.
     kube.applyCustom("ferry.dev", "osupgrades", {

@@ -2,9 +2,12 @@
 // becomes upgrade "k8s-<name>" (created once; spec.paused pauses and resumes it), its
 // progress is mirrored into .status (merge-patch on the status subresource, only when it
 // changed), and deleting it cancels the upgrade — a finalizer holds the object until the
-// upgrade has ended, so nothing it started is left behind. The leader polls the list
-// (every `intervalMs`); a watch would save calls, polling survives API outages simply.
-import { ApiException, CustomObjectsApi, PatchStrategy, setHeaderOptions, type KubeConfig } from "@kubernetes/client-node";
+// upgrade has ended, so nothing it started is left behind. The leader keeps a cache of the
+// objects by list + watch (from the list's resourceVersion, following bookmarks; a 410
+// Gone relists; an ended or broken watch resumes from the last resourceVersion), reacts
+// to each change at once, and refreshes the statuses every `intervalMs`.
+import { ApiException, CustomObjectsApi, PatchStrategy, setHeaderOptions, Watch, type KubeConfig } from "@kubernetes/client-node";
+import { sleep } from "@ferry/runtime";
 import { events, planner } from "@ferry/proto";
 import type { Logger } from "@ferry/runtime";
 
@@ -55,6 +58,11 @@ export const upgradeIdFor = (name: string, prefix = "k8s") => `${prefix}-${name.
 
 export class OSUpgradeController {
   readonly #api: CustomObjectsApi;
+  readonly #kc: KubeConfig;
+  readonly #caches = new Map<string, Map<string, { metadata: { name: string } }>>();
+  readonly #watches = new Set<AbortController>();
+  #stopped = false;
+  #again = false;
   readonly #ops: UpgradeOps;
   readonly #log: Logger;
   readonly #written = new Map<string, string>();
@@ -65,42 +73,98 @@ export class OSUpgradeController {
   /** `trustMonok8s`: adopt monok8s.io OSUpgrades, re-signing their inline catalogs (else they get a condition saying why not). */
   constructor(kc: KubeConfig, ops: UpgradeOps, log: Logger, o: { trustMonok8s?: boolean } = {}) {
     this.#api = kc.makeApiClient(CustomObjectsApi);
+    this.#kc = kc;
     this.#ops = ops;
     this.#log = log.child({ component: "osupgrade" });
     this.#trustMonok8s = o.trustMonok8s ?? false;
   }
 
   start(intervalMs = 2000): void {
+    this.#stopped = false;
+    for (const group of [GROUP, MONOK8S_GROUP]) void this.#inform(group);
     this.#timer = setInterval(() => void this.sync(), intervalMs);
-    void this.sync();
   }
 
   stop(): void {
+    this.#stopped = true;
     clearInterval(this.#timer);
+    for (const w of this.#watches) w.abort();
+    this.#watches.clear();
   }
 
-  /** One pass over every OSUpgrade (Ferry's, then monok8s' to adopt). */
+  /** List, then watch from the list's resourceVersion; keeps `#caches[group]` current. */
+  async #inform(group: string): Promise<void> {
+    const path = `/apis/${group}/${VERSION}/${PLURAL}`;
+    const cache = new Map<string, { metadata: { name: string; resourceVersion?: string } }>();
+    this.#caches.set(group, cache);
+    let failures = 0;
+    while (!this.#stopped) {
+      let rv = "";
+      try {
+        const list = (await this.#api.listClusterCustomObject({ group, version: VERSION, plural: PLURAL })) as {
+          metadata?: { resourceVersion?: string };
+          items: Array<{ metadata: { name: string } }>;
+        };
+        cache.clear();
+        for (const o of list.items) cache.set(o.metadata.name, o);
+        rv = list.metadata?.resourceVersion ?? "";
+        failures = 0;
+        void this.sync();
+      } catch (err) {
+        // No such CRD on this cluster (404: monok8s' is usually absent) or the API away.
+        if (!(err instanceof ApiException && err.code === 404)) this.#log.debug({ group, err: describe(err) }, "listing OSUpgrades failed; retrying");
+        await sleep(err instanceof ApiException && err.code === 404 ? 30_000 : Math.min(5000, 200 * 2 ** failures++));
+        continue;
+      }
+      // Watch until the server says the resourceVersion is gone (then list again).
+      for (let gone = false; !gone && !this.#stopped;) {
+        gone = await new Promise<boolean>((done) => {
+          let expired = false;
+          new Watch(this.#kc)
+            .watch(
+              path,
+              { resourceVersion: rv, allowWatchBookmarks: true, timeoutSeconds: 300 },
+              (type, obj: { code?: number; metadata?: { name: string; resourceVersion?: string } }) => {
+                if (type === "ERROR") {
+                  if (obj.code === 410) expired = true;
+                  return;
+                }
+                if (obj.metadata?.resourceVersion) rv = obj.metadata.resourceVersion;
+                if (type === "BOOKMARK" || !obj.metadata) return;
+                if (type === "DELETED") cache.delete(obj.metadata.name);
+                else cache.set(obj.metadata.name, obj as { metadata: { name: string } });
+                void this.sync();
+              },
+              () => done(expired),
+            )
+            .then((ac) => this.#watches.add(ac))
+            .catch(() => done(false));
+        });
+        if (!gone) await sleep(Math.min(5000, 200 * 2 ** failures++));
+      }
+    }
+  }
+
+  /** One pass over every OSUpgrade in the cache (Ferry's, then monok8s' to adopt). */
   async sync(): Promise<void> {
-    if (this.#busy) return;
+    if (this.#busy) {
+      this.#again = true;
+      return;
+    }
     this.#busy = true;
     try {
-      await this.#each<OSUpgrade>(GROUP, (o) => this.#reconcile(o));
-      await this.#each<Monok8sOSUpgrade>(MONOK8S_GROUP, (o) => this.#adopt(o));
+      do {
+        this.#again = false;
+        await this.#each<OSUpgrade>(GROUP, (o) => this.#reconcile(o));
+        await this.#each<Monok8sOSUpgrade>(MONOK8S_GROUP, (o) => this.#adopt(o));
+      } while (this.#again && !this.#stopped);
     } finally {
       this.#busy = false;
     }
   }
 
   async #each<T extends { metadata: { name: string } }>(group: string, fn: (o: T) => Promise<void>): Promise<void> {
-    let items: T[];
-    try {
-      items = ((await this.#api.listClusterCustomObject({ group, version: VERSION, plural: PLURAL })) as { items: T[] }).items;
-    } catch (err) {
-      // No such CRD on this cluster (404: monok8s' is usually absent) or the API away: next pass.
-      if (!(err instanceof ApiException && err.code === 404)) this.#log.debug({ group, err: describe(err) }, "listing OSUpgrades failed; retrying");
-      return;
-    }
-    for (const o of items) {
+    for (const o of [...(this.#caches.get(group)?.values() ?? [])] as T[]) {
       try {
         await fn(o);
       } catch (err) {
