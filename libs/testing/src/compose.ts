@@ -305,10 +305,10 @@ export class LocalCompose implements AsyncDisposable {
       const p = this.procs.get(name);
       if (p && p.proc.exitCode === null && p.proc.signalCode === null) {
         const done = p.exited();
-        p.proc.kill("SIGTERM");
+        p.signal("SIGTERM");
         await Promise.race([done, new Promise((r) => setTimeout(r, 3000))]);
-        if (p.proc.exitCode === null) await p.kill("SIGKILL");
       }
+      await p?.kill("SIGKILL"); // the process group: nothing it started outlives it
     }
     await this.nats?.stop(true);
   }

@@ -47,7 +47,11 @@ export function tempDir(prefix = "ferry-test-"): { path: string } & Disposable {
   return { path, [Symbol.dispose]: () => rmSync(path, { recursive: true, force: true }) };
 }
 
-/** A service process started with Node 24 (the one running the tests), its output kept. */
+/**
+ * A service process started with Node 24 (the one running the tests), its output kept. It
+ * leads its own process group, and signals go to the whole group: a boot simulator's
+ * node-daemon (its child) dies with it instead of living on as an orphan.
+ */
 export class ServiceProcess implements AsyncDisposable {
   readonly proc: ChildProcess;
   output = "";
@@ -57,6 +61,7 @@ export class ServiceProcess implements AsyncDisposable {
     this.proc = spawn(process.execPath, [join(repoRoot, script), ...args], {
       env: { PATH: process.env.PATH ?? "", HOME: process.env.HOME ?? "", FERRY_LOG_LEVEL: "info", ...env },
       stdio: ["ignore", "pipe", "pipe"],
+      detached: true,
     });
     this.#log = o.logFile ? createWriteStream(o.logFile, { flags: "a" }) : undefined;
     const keep = o.keep ?? Infinity;
@@ -92,13 +97,36 @@ export class ServiceProcess implements AsyncDisposable {
     return new Promise((r) => this.proc.once("exit", (code) => r(code)));
   }
 
+  /** Sends `signal` to the process and everything it started (its process group). */
+  signal(signal: NodeJS.Signals): void {
+    try {
+      process.kill(-this.proc.pid!, signal);
+    } catch {
+      this.proc.kill(signal);
+    }
+  }
+
   async kill(signal: NodeJS.Signals = "SIGKILL"): Promise<number | null> {
     const done = this.exited();
-    this.proc.kill(signal);
+    this.signal(signal);
+    if (signal === "SIGKILL") await done;
+    // Whatever is left of the group (a child still draining) goes too.
+    if (signal === "SIGKILL")
+      try {
+        process.kill(-this.proc.pid!, "SIGKILL");
+      } catch {
+        // the group is gone
+      }
     return done;
   }
 
   async [Symbol.asyncDispose](): Promise<void> {
     if (this.proc.exitCode === null && this.proc.signalCode === null) await this.kill("SIGKILL");
+    else
+      try {
+        process.kill(-this.proc.pid!, "SIGKILL"); // children it left behind
+      } catch {
+        // none
+      }
   }
 }
