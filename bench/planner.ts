@@ -10,7 +10,6 @@
 //     timed until everything is applied, persisted and acked;
 //  3. PreviewUpgrade of --preview-nodes nodes (heartbeats written to KV), median of 5;
 //  4. the planner's peak RSS (VmHWM). Ends with one JSON line.
-import { createHash } from "node:crypto";
 import { readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { parseArgs } from "node:util";
@@ -20,9 +19,9 @@ import { SimFleet, type FleetBoard } from "@ferry/node-daemon/sim";
 import { catalog, events, planner } from "@ferry/proto";
 import { createClient } from "@ferry/grpc";
 import { BUCKETS, connectNats, ensureEventsStream, eventMsgId, eventSubject, EVENTS_STREAM, openBucket } from "@ferry/messaging";
-import { encodeManifest, MANIFEST_TYPE } from "@ferry/release";
+import { encodeManifest } from "@ferry/release";
 import { formatKeyringJson, generateKeyPair, loadSigningKey, signEnvelope } from "@ferry/signing";
-import { NatsServer, ServiceProcess, tempDir, waitFor } from "@ferry/testing";
+import { NatsServer, placeholderManifest, ServiceProcess, tempDir, waitFor } from "@ferry/testing";
 
 const { values: args } = parseArgs({
   options: {
@@ -41,30 +40,6 @@ const pct = (xs: number[], p: number) => {
   return s[Math.min(s.length - 1, Math.floor((p / 100) * s.length))] ?? NaN;
 };
 
-function manifest(version: string): events.ReleaseManifest {
-  const digest = createHash("sha256").update(version).digest("hex");
-  return {
-    type: MANIFEST_TYPE,
-    version,
-    images: [
-      {
-        board: BOARD,
-        arch: "arm64",
-        url: `http://origin.invalid/${version}.img.zst`,
-        format: 3,
-        compressedSize: 2 ** 30,
-        compressedSha256: digest,
-        rawSize: 2 ** 31,
-        rawSha256: digest,
-      },
-    ],
-    allowedFrom: [],
-    notes: "",
-    expires: undefined,
-    issuedAt: undefined,
-  };
-}
-
 const vmHwmMb = (pid: number) => Number(/VmHWM:\s+(\d+)/.exec(readFileSync(`/proc/${pid}/status`, "utf8"))![1]) / 1024;
 
 async function main() {
@@ -82,7 +57,11 @@ async function main() {
   const catalogAddr = `127.0.0.1:${(await cat.waitForLog((l) => l.msg === "catalog serving")).port as number}`;
   const cc = createClient(catalog.CatalogServiceService, catalogAddr);
   for (const v of ["v1.33.4", "v1.34.5", "v1.35.1"])
-    await cc.publishRelease({ envelope: signEnvelope(encodeManifest(manifest(v)), [loadSigningKey(kp.privatePem)]) });
+    await cc.publishRelease({
+      envelope: signEnvelope(encodeManifest(placeholderManifest(v, { board: BOARD, compressedSize: 2 ** 30, rawSize: 2 ** 31 })), [
+        loadSigningKey(kp.privatePem),
+      ]),
+    });
   cc.close();
 
   const plannerEnv = {

@@ -10,7 +10,7 @@ import { createClient } from "@ferry/grpc";
 import { connectNats } from "@ferry/messaging";
 import { LocalCompose, repoRoot, tempDir, waitFor } from "@ferry/testing";
 import { ferryCli } from "./cli.ts";
-import { allEvents, checkPhases, checkNoEventLost } from "../../services/planner/test/harness.ts";
+import { allEvents, checkPhases, checkNoEventLost, untilUpgrade as until } from "../../services/planner/test/harness.ts";
 
 const COMPOSE = join(repoRoot, "deploy/docker-compose.yml");
 const P = planner.UpgradePhase;
@@ -53,25 +53,6 @@ async function withSite(env: Record<string, Record<string, string>>, fn: (s: Sit
     await s.c.down();
   }
 }
-
-const until = async (
-  client: ReturnType<typeof createClient<typeof planner.PlannerServiceService>>,
-  id: string,
-  pred: (u: planner.Upgrade) => boolean,
-  timeoutMs = 120_000,
-) => {
-  let last: planner.Upgrade | undefined;
-  return waitFor(
-    async () => {
-      last = await client.getUpgrade({ id });
-      return pred(last) ? last : undefined;
-    },
-    { timeoutMs, intervalMs: 250, what: `upgrade ${id}` },
-  ).catch((err: Error) => {
-    const nodes = last?.progress.map((g) => `${g.node} ${planner.nodeRunStateToJSON(g.runState)} hop ${g.hopIndex} ${g.message}`).join("; ");
-    throw new Error(`${err.message}: ${last ? `${planner.upgradePhaseToJSON(last.phase)} ${last.message}: ${nodes}` : "never read"}`);
-  });
-};
 
 describe("a site from deploy/docker-compose.yml", () => {
   it(

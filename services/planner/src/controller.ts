@@ -413,11 +413,9 @@ export class Controller {
 
 const emptyStaging = (): planner.Staging => ({ images: 0, imagesDone: 0, bytesDone: 0, bytesTotal: 0, message: "", released: false, staged: false });
 
-export const stagingDone = (u: planner.Upgrade) => u.staging?.staged === true;
+const stagingDone = (u: planner.Upgrade) => u.staging?.staged === true;
 
 /** Identity of an assignment for "already written?" (everything but updated_at). */
 function assignmentKey(a: events.Assignment): string {
   return Buffer.from(events.Assignment.encode({ ...a, updatedAt: undefined }).finish()).toString("base64");
 }
-
-export const RUN_STATE = R;

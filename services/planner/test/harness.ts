@@ -1,6 +1,5 @@
 // A site for planner tests: a real nats-server, the real catalog (in process, real gRPC
 // on port 0) with signed releases, the planner, and the fast simulated fleet.
-import { createHash } from "node:crypto";
 import { writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { createApp as createCatalog, loadConfig as catalogConfig } from "@ferry/catalog";
@@ -11,36 +10,12 @@ import { createClient } from "@ferry/grpc";
 import { connectNats, ensureEventsStream, EVENTS_STREAM, type NatsConnection } from "@ferry/messaging";
 import { jetstreamManager } from "@nats-io/jetstream";
 import { expect } from "vitest";
-import { encodeManifest, MANIFEST_TYPE } from "@ferry/release";
+import { encodeManifest } from "@ferry/release";
 import { createLogger, type App } from "@ferry/runtime";
 import { formatKeyringJson, generateKeyPair, loadSigningKey, signEnvelope } from "@ferry/signing";
-import { NatsServer, tempDir, waitFor } from "@ferry/testing";
+import { NatsServer, placeholderManifest, tempDir, waitFor } from "@ferry/testing";
 
 export const BOARD = "ls1046a";
-
-export function manifest(version: string, board = BOARD): events.ReleaseManifest {
-  const digest = createHash("sha256").update(`${version}/${board}`).digest("hex");
-  return {
-    type: MANIFEST_TYPE,
-    version,
-    images: [
-      {
-        board,
-        arch: "arm64",
-        url: `http://origin.invalid/${version}-${board}.img.zst`,
-        format: events.Compression.COMPRESSION_ZSTD,
-        compressedSize: 1000 + version.length,
-        compressedSha256: digest,
-        rawSize: 4000,
-        rawSha256: digest,
-      },
-    ],
-    allowedFrom: [],
-    notes: "",
-    expires: undefined,
-    issuedAt: undefined,
-  };
-}
 
 export const plannerClient = (addr: string) => createClient(planner.PlannerServiceService, addr);
 
@@ -85,7 +60,7 @@ export class Site implements AsyncDisposable {
     const c = createClient(catalog.CatalogServiceService, s.catalogAddr);
     const key = loadSigningKey(kp.privatePem);
     for (const v of o.releases ?? ["v1.33.4", "v1.33.7", "v1.34.2", "v1.34.5", "v1.35.1"])
-      await c.publishRelease({ envelope: signEnvelope(encodeManifest(manifest(v)), [key]) });
+      await c.publishRelease({ envelope: signEnvelope(encodeManifest(placeholderManifest(v)), [key]) });
     c.close();
     return s;
   }
@@ -196,3 +171,23 @@ export async function checkNoEventLost(site: { nc: NatsConnection }): Promise<vo
   }
   for (const [node, s] of seqs) expect(s, node).toEqual(Array.from({ length: s.length }, (_, i) => i + 1));
 }
+
+/** Polls an upgrade until `pred` holds; on timeout the error shows its phase and every node. */
+export const untilUpgrade = async (
+  client: ReturnType<typeof createClient<typeof planner.PlannerServiceService>>,
+  id: string,
+  pred: (u: planner.Upgrade) => boolean,
+  timeoutMs = 120_000,
+) => {
+  let last: planner.Upgrade | undefined;
+  return waitFor(
+    async () => {
+      last = await client.getUpgrade({ id });
+      return pred(last) ? last : undefined;
+    },
+    { timeoutMs, intervalMs: 250, what: `upgrade ${id}` },
+  ).catch((err: Error) => {
+    const nodes = last?.progress.map((g) => `${g.node} ${planner.nodeRunStateToJSON(g.runState)} hop ${g.hopIndex} ${g.message}`).join("; ");
+    throw new Error(`${err.message}: ${last ? `${planner.upgradePhaseToJSON(last.phase)} ${last.message}: ${nodes}` : "never read"}`);
+  });
+};

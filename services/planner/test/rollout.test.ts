@@ -4,6 +4,7 @@ import { describe, expect, it } from "vitest";
 import { planner } from "@ferry/proto";
 import { waitFor } from "@ferry/testing";
 import { allEvents, boards, checkPhases, Site } from "./harness.ts";
+import { untilUpgrade as until } from "./harness.ts";
 
 const P = planner.UpgradePhase;
 
@@ -64,15 +65,6 @@ const strategy = (o: Partial<planner.Strategy> = {}): planner.Strategy => ({
   window: undefined,
   ...o,
 });
-
-const until = (client: Awaited<ReturnType<Site["planner"]>>["client"], id: string, pred: (u: planner.Upgrade) => boolean, timeoutMs = 20_000) =>
-  waitFor(
-    async () => {
-      const u = await client.getUpgrade({ id });
-      return pred(u) ? u : undefined;
-    },
-    { timeoutMs, what: `upgrade ${id}` },
-  );
 
 describe("canary, failure budget, pause, resume, cancel", () => {
   it("a bad release fails health on the canary: it rolls back and the rollout pauses", async () => {
