@@ -3,7 +3,7 @@
 import tseslint from "typescript-eslint";
 
 export default tseslint.config(
-  { ignores: ["**/gen/**", "node_modules/**", "coverage/**", ".ferry/**"] },
+  { ignores: ["**/gen/**", "**/dist/**", "node_modules/**", "coverage/**", ".ferry/**"] },
   {
     files: ["**/*.ts"],
     extends: [tseslint.configs.base],

@@ -3,5 +3,4 @@ export * from "./client.ts";
 export * from "./status.ts";
 export * from "./health.ts";
 export { ReflectionIndex, splitDescriptorSet } from "./reflection.ts";
-export { ReflectionClient } from "./reflection-client.ts";
 export * from "./config.ts";

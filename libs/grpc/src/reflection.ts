@@ -1,9 +1,11 @@
 // Server reflection (grpc.reflection.v1 and v1alpha) answered from the raw
 // FileDescriptorSet that buf builds: each file is served as the exact bytes buf wrote,
 // so grpcurl sees the same descriptors (comments included) as protoc would give it.
-import { fromBinary } from "@bufbuild/protobuf";
+// The index is built on the first reflection request: decoding descriptors takes the
+// whole of @bufbuild/protobuf (several MB of RSS), which a board's daemon should not
+// carry for a request that usually never comes.
 import { BinaryReader, WireType } from "@bufbuild/protobuf/wire";
-import { FileDescriptorProtoSchema, type DescriptorProto } from "@bufbuild/protobuf/wkt";
+import type { DescriptorProto, FileDescriptorProto } from "@bufbuild/protobuf/wkt";
 import { status } from "@grpc/grpc-js";
 import type { reflectionV1 } from "@ferry/proto";
 import type { Implementation } from "./server.ts";
@@ -33,10 +35,27 @@ export class ReflectionIndex {
   readonly #extensions = new Map<string, Map<number, string>>();
   readonly #services: () => string[];
 
-  constructor(descriptorSet: Uint8Array, services: () => string[]) {
+  /** Decodes the descriptor set (loading @bufbuild/protobuf) and indexes its symbols. */
+  static async load(descriptorSet: Uint8Array, services: () => string[]): Promise<ReflectionIndex> {
+    const [{ fromBinary }, { FileDescriptorProtoSchema }] = await Promise.all([import("@bufbuild/protobuf"), import("@bufbuild/protobuf/wkt")]);
+    return new ReflectionIndex(descriptorSet, services, (raw) => fromBinary(FileDescriptorProtoSchema, raw));
+  }
+
+  /** Reflection served from an index built on the first request. */
+  static lazy(descriptorSet: () => Uint8Array, services: () => string[]): Implementation<typeof reflectionV1.ServerReflectionService> {
+    let index: Promise<ReflectionIndex> | undefined;
+    return {
+      serverReflectionInfo: async function* (reqs) {
+        const i = await (index ??= ReflectionIndex.load(descriptorSet(), services));
+        for await (const req of reqs) yield i.answer(req);
+      },
+    };
+  }
+
+  constructor(descriptorSet: Uint8Array, services: () => string[], decode: (raw: Uint8Array) => FileDescriptorProto) {
     this.#services = services;
     for (const raw of splitDescriptorSet(descriptorSet)) {
-      const fd = fromBinary(FileDescriptorProtoSchema, raw);
+      const fd = decode(raw);
       const entry: FileEntry = { name: fd.name, raw, deps: fd.dependency };
       this.#files.set(fd.name, entry);
       const pkg = fd.package ? `${fd.package}.` : "";
@@ -112,14 +131,5 @@ export class ReflectionIndex {
       return { ...base, allExtensionNumbersResponse: { baseTypeName: type, extensionNumber: [...(this.#extensions.get(type)?.keys() ?? [])] } };
     }
     return { ...base, errorResponse: { errorCode: status.INVALID_ARGUMENT, errorMessage: "empty reflection request" } };
-  }
-
-  implementation(): Implementation<typeof reflectionV1.ServerReflectionService> {
-    const index = this;
-    return {
-      serverReflectionInfo: async function* (reqs) {
-        for await (const req of reqs) yield index.answer(req);
-      },
-    };
   }
 }

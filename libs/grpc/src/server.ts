@@ -108,7 +108,7 @@ export class GrpcServer {
     this.health = new HealthStatus([]);
     this.#addRaw(health.HealthService, this.health.implementation(), "grpc.health.v1.Health");
     if (opts.reflection !== false) {
-      const impl = new ReflectionIndex(descriptorSetBytes(), () => this.#services).implementation();
+      const impl = ReflectionIndex.lazy(descriptorSetBytes, () => this.#services);
       this.#addRaw(reflectionV1.ServerReflectionService, impl, "grpc.reflection.v1.ServerReflection");
       this.#addRaw(
         reflectionV1alpha.ServerReflectionService,

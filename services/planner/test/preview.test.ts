@@ -2,7 +2,8 @@
 // administrable with grpcurl (reflection from the exact descriptors) — as a JSON client.
 import { describe, expect, it } from "vitest";
 import { catalog, events } from "@ferry/proto";
-import { createClient, ReflectionClient } from "@ferry/grpc";
+import { createClient } from "@ferry/grpc";
+import { ReflectionClient } from "@ferry/grpc/reflection-client";
 import { BUCKETS, openBucket } from "@ferry/messaging";
 import { waitFor } from "@ferry/testing";
 import { BOARD, boards, Site } from "./harness.ts";

@@ -13,6 +13,7 @@ import { request } from "undici";
 import type { events } from "@ferry/proto";
 import { FerryError, sleep } from "@ferry/runtime";
 import { decompressor } from "@ferry/release";
+import { Reclaimer } from "./reclaim.ts";
 
 export interface ImageSpec {
   format: events.Compression;
@@ -43,7 +44,7 @@ export interface WriteSlotOptions {
   signal?: AbortSignal;
   /** Network errors tolerated per URL, each resumed with Range. */
   retries?: number;
-  /** Slot write buffer (monok8s uses 6 MiB). */
+  /** Size of each of the two slot write buffers (default 4 MiB). */
   bufferBytes?: number;
 }
 
@@ -111,7 +112,8 @@ async function* download(o: WriteSlotOptions, state: { downloaded: number; sourc
  */
 export async function writeSlot(o: WriteSlotOptions): Promise<{ rawSha256: string; compressedSha256: string }> {
   await assertNotActive(o.slotPath, o.activeSlotPath);
-  const bufSize = o.bufferBytes ?? 6 * 1024 * 1024;
+  const bufSize = o.bufferBytes ?? 4 * 1024 * 1024;
+  const reclaim = new Reclaimer();
   const state = { downloaded: 0, source: "" };
   const zHash = createHash("sha256");
   const rHash = createHash("sha256");
@@ -148,14 +150,15 @@ export async function writeSlot(o: WriteSlotOptions): Promise<{ rawSha256: strin
   const hashCompressed = new Transform({
     transform(chunk: Buffer, _e, cb) {
       zHash.update(chunk);
+      reclaim.add(chunk.length);
       cb(null, chunk);
     },
   });
   let rawSeen = 0;
   const sink = new Writable({
-    highWaterMark: bufSize,
     write(chunk: Buffer, _e, cb) {
       rawSeen += chunk.length;
+      reclaim.add(chunk.length);
       if (rawSeen > o.image.rawSize)
         return cb(new SlotWriteError("RAW_TOO_LONG", `the image decompresses to more than the ${o.image.rawSize} bytes the manifest signs`));
       rHash.update(chunk);
@@ -178,7 +181,7 @@ export async function writeSlot(o: WriteSlotOptions): Promise<{ rawSha256: strin
   });
   try {
     const dec = decompressor(o.image.format);
-    const stages = [Readable.from(download(o, state), { objectMode: false, highWaterMark: 1 << 20 }), hashCompressed, ...(dec ? [dec] : []), sink];
+    const stages = [Readable.from(download(o, state), { objectMode: false }), hashCompressed, ...(dec ? [dec] : []), sink];
     await (pipeline as (...a: unknown[]) => Promise<void>)(...stages, ...(o.signal ? [{ signal: o.signal }] : []));
     const compressedSha256 = zHash.digest("hex");
     const rawSha256 = rHash.digest("hex");
