@@ -7,6 +7,7 @@ export default defineConfig({
     hookTimeout: 60_000,
     // Tests that start processes use random ports and temp dirs, so files run in parallel.
     pool: "forks",
+    globalSetup: ["./test/global-setup.ts"],
     // .ci/run sets FERRY_TEST_REPORT to also get a JSON report it can count.
     reporters: process.env.FERRY_TEST_REPORT ? ["default", ["json", { outputFile: process.env.FERRY_TEST_REPORT }]] : ["default"],
   },

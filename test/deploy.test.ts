@@ -48,7 +48,10 @@ describe("deploy/k8s", () => {
       Doc & {
         spec: {
           selector: { matchLabels: Record<string, string> };
-          template: { metadata: { labels: Record<string, string> }; spec: { serviceAccountName?: string; containers: Array<{ image: string }> } };
+          template: {
+            metadata: { labels: Record<string, string> };
+            spec: { serviceAccountName?: string; containers: Array<{ image: string; command?: string[] }> };
+          };
         };
       }
     >;
@@ -56,7 +59,12 @@ describe("deploy/k8s", () => {
     for (const w of workloads) {
       expect(w.spec.template.metadata.labels, w.metadata!.name).toMatchObject(w.spec.selector.matchLabels);
       if (w.spec.template.spec.serviceAccountName) expect(sas.has(w.spec.template.spec.serviceAccountName), w.metadata!.name).toBe(true);
-      for (const c of w.spec.template.spec.containers) expect(c.image).toBeTruthy();
+      for (const c of w.spec.template.spec.containers) {
+        expect(c.image).toBeTruthy();
+        // A command that runs a file of the image's /app (this repository) names one that exists.
+        const file = c.command?.[0] === "node" ? c.command[1] : c.command?.[0];
+        if (file && !file.startsWith("/") && file.includes("/")) expect(existsSync(join(repoRoot, file)), `${w.metadata!.name}: ${file}`).toBe(true);
+      }
     }
     for (const s of byKind("Service") as Array<Doc & { spec: { selector: Record<string, string> } }>) {
       expect(
@@ -164,6 +172,9 @@ describe("deploy/docker/Dockerfile", () => {
     expect(d).toMatch(/^USER 10001$/m);
     expect(d).toMatch(/^ARG SERVICE=/m);
     expect(d).toMatch(/npm prune --omit=dev/);
+    // The node-daemon runs compiled JavaScript through its launcher.
+    expect(d).toMatch(/npm run build/);
+    expect(d).toMatch(/exec services\/node-daemon\/bin\/ferry-node-daemon/);
     const compose = readFileSync(join(repoRoot, "deploy/docker-compose.yml"), "utf8");
     expect(compose).toMatch(/dockerfile: deploy\/docker\/Dockerfile/);
   });

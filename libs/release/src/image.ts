@@ -23,10 +23,10 @@ export function sniffCompression(head: Uint8Array): events.Compression {
   return Compression.COMPRESSION_NONE;
 }
 
-/** A streaming decoder for the format; 1 MiB output chunks keep allocations few. */
+/** A streaming decoder for the format. 256 KiB output chunks: fewer allocations than the 16 KiB default, and less garbage in flight than 1 MiB (bench:node-daemon). */
 export function decompressor(format: events.Compression): Transform | undefined {
-  if (format === Compression.COMPRESSION_ZSTD) return createZstdDecompress({ chunkSize: 1 << 20 });
-  if (format === Compression.COMPRESSION_GZIP) return createGunzip({ chunkSize: 1 << 20 });
+  if (format === Compression.COMPRESSION_ZSTD) return createZstdDecompress({ chunkSize: 1 << 18 });
+  if (format === Compression.COMPRESSION_GZIP) return createGunzip({ chunkSize: 1 << 18 });
   return undefined;
 }
 

@@ -3,7 +3,7 @@
 import { exec as execCb } from "node:child_process";
 import { readFile } from "node:fs/promises";
 import { promisify } from "node:util";
-import { request } from "undici";
+import { request } from "./http.ts";
 import { GrubEnv } from "./bootloader/grub.ts";
 import type { SlotName } from "./bootloader/types.ts";
 import { UBootEnv } from "./bootloader/uboot.ts";

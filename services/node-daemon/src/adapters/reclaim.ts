@@ -3,7 +3,10 @@
 // lives outside the V8 heap; V8 only collects them once about 64 MB of such memory has
 // piled up, which alone would double the daemon's footprint on a board. So the writer
 // asks for a young-generation collection (a scavenge: well under a millisecond on the
-// daemon's small heap) after every few MiB it moves, and dead chunks are freed at once.
+// daemon's small heap) after every 2 MiB it moves (compressed and raw bytes counted), and
+// dead chunks are freed at once. Much more often and the chunks still in flight survive
+// two scavenges, get promoted, and pile up in the old generation instead: 1 MiB measured
+// worse than 2 MiB, and 4 MiB too (bench:node-daemon).
 // `node:v8` documents this way of reaching gc() without a command-line flag.
 import { setFlagsFromString } from "node:v8";
 import { runInNewContext } from "node:vm";
@@ -29,7 +32,7 @@ export class Reclaimer {
   readonly #every: number;
   #since = 0;
   collections = 0;
-  constructor(everyBytes = 4 * 1024 * 1024) {
+  constructor(everyBytes = 2 * 1024 * 1024) {
     this.#every = everyBytes;
   }
 

@@ -9,7 +9,7 @@ import { createHash } from "node:crypto";
 import { open, realpath, stat } from "node:fs/promises";
 import { Readable, Transform, Writable } from "node:stream";
 import { pipeline } from "node:stream/promises";
-import { request } from "undici";
+import { request } from "./http.ts";
 import type { events } from "@ferry/proto";
 import { FerryError, sleep } from "@ferry/runtime";
 import { decompressor } from "@ferry/release";
@@ -44,7 +44,7 @@ export interface WriteSlotOptions {
   signal?: AbortSignal;
   /** Network errors tolerated per URL, each resumed with Range. */
   retries?: number;
-  /** Size of each of the two slot write buffers (default 4 MiB). */
+  /** Size of each of the two slot write buffers (default 1 MiB). */
   bufferBytes?: number;
 }
 
@@ -112,7 +112,7 @@ async function* download(o: WriteSlotOptions, state: { downloaded: number; sourc
  */
 export async function writeSlot(o: WriteSlotOptions): Promise<{ rawSha256: string; compressedSha256: string }> {
   await assertNotActive(o.slotPath, o.activeSlotPath);
-  const bufSize = o.bufferBytes ?? 4 * 1024 * 1024;
+  const bufSize = o.bufferBytes ?? 1024 * 1024;
   const reclaim = new Reclaimer();
   const state = { downloaded: 0, source: "" };
   const zHash = createHash("sha256");
@@ -207,7 +207,7 @@ export async function writeSlot(o: WriteSlotOptions): Promise<{ rawSha256: strin
 /** Reads the slot back through one reused buffer and checks the raw size and sha256 (before any boot switch). */
 export async function readBackVerify(slotPath: string, rawSize: number, rawSha256: string): Promise<void> {
   const hash = createHash("sha256");
-  const buf = Buffer.allocUnsafe(4 * 1024 * 1024);
+  const buf = Buffer.allocUnsafe(1024 * 1024);
   const fh = await open(slotPath, "r");
   let n = 0;
   try {

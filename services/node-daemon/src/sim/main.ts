@@ -60,7 +60,11 @@ async function boot(): Promise<void> {
 }
 
 function startDaemon(): void {
-  child = spawn(process.execPath, [join(root, "services/node-daemon/src/main.ts")], { env, stdio: ["ignore", "inherit", "inherit"] });
+  // The daemon as a board starts it: its launcher (compiled JavaScript, runtime settings).
+  child = spawn(join(root, "services/node-daemon/bin/ferry-node-daemon"), [], {
+    env: { ...env, FERRY_NODE: process.execPath },
+    stdio: ["ignore", "inherit", "inherit"],
+  });
   writeFileSync(join(dir!, "daemon.pid"), String(child.pid));
   child.once("exit", (code, signal) => {
     if (stopping) return;
