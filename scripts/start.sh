@@ -7,4 +7,6 @@ if [ ! -x node_modules/.bin/node ] || [ ! -f libs/proto/gen/descriptors.binpb ];
   echo "start: installing dependencies (npm ci)..."
   npm ci --no-audit --no-fund
 fi
+# The boards run the node-daemon from its compiled JavaScript: compile the current sources.
+node_modules/.bin/node scripts/build.ts
 exec node_modules/.bin/node scripts/demo.ts "$@"
