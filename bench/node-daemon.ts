@@ -75,6 +75,7 @@ async function main() {
   const origin = spawn(process.execPath, [join(repoRoot, "bench/lib/origin.ts"), zst, compressedSha256, String(1e12), "0"], {
     stdio: ["ignore", "pipe", "inherit"],
   });
+  process.on("exit", () => origin.kill()); // also when the bench fails
   const ports = await new Promise<{ origin: number }>((resolve) =>
     origin.stdout.once("data", (d: Buffer) => resolve(JSON.parse(d.toString()) as { origin: number })),
   );
@@ -136,7 +137,6 @@ async function main() {
         FERRY_TOOL_LD_LIBRARY_PATH: tools.ldLibraryPath,
         FERRY_OS_VERSION: "v1.33.5",
         FERRY_REBOOT_CMD: "true", // the bench stops at the reboot
-        FERRY_LOG_LEVEL: "warn",
       },
     });
     const exited = new Promise<void>((r) => daemon.once("exit", () => r()));
