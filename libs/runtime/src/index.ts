@@ -3,3 +3,4 @@ export * from "./config.ts";
 export * from "./logger.ts";
 export * from "./lifecycle.ts";
 export * from "./abort.ts";
+export * from "./reclaim.ts";

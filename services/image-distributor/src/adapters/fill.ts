@@ -6,11 +6,10 @@
 // lies is reported and the next source tried, and readers of its bytes are aborted.
 import { createHash, type Hash } from "node:crypto";
 import { EventEmitter } from "node:events";
-import { createReadStream } from "node:fs";
 import { open, type FileHandle } from "node:fs/promises";
 import { request } from "undici";
 import type { Logger } from "@ferry/runtime";
-import { sleep } from "@ferry/runtime";
+import { processReclaimer, sleep } from "@ferry/runtime";
 import { BadSourceError, DiskFullError } from "../errors.ts";
 import type { Metrics } from "../metrics.ts";
 import type { BlobStore } from "./store.ts";
@@ -300,6 +299,7 @@ export class Filler {
           }
           await fh.write(chunk, 0, chunk.length, fill.written);
           hash.update(chunk);
+          processReclaimer.add(chunk.length);
           fill.written += chunk.length;
           this.#metrics.upstreamBytes.inc(chunk.length);
           fill.emit("progress");
@@ -324,8 +324,20 @@ export class Filler {
   }
 }
 
+/** The sha256 state of a file's first `length` bytes, read through one reused buffer. */
 async function hashFile(path: string, length: number): Promise<Hash> {
   const hash = createHash("sha256");
-  for await (const chunk of createReadStream(path, { start: 0, end: length - 1, highWaterMark: 1 << 20 })) hash.update(chunk as Buffer);
+  const buf = Buffer.allocUnsafe(1 << 20);
+  const fh = await open(path, "r");
+  try {
+    for (let pos = 0; pos < length;) {
+      const { bytesRead } = await fh.read(buf, 0, Math.min(buf.length, length - pos), pos);
+      if (bytesRead === 0) throw new Error(`${path} ended at ${pos} of ${length} bytes`);
+      hash.update(buf.subarray(0, bytesRead));
+      pos += bytesRead;
+    }
+  } finally {
+    await fh.close();
+  }
   return hash;
 }

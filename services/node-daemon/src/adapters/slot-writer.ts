@@ -11,9 +11,8 @@ import { Readable, Transform, Writable } from "node:stream";
 import { pipeline } from "node:stream/promises";
 import { request } from "./http.ts";
 import type { events } from "@ferry/proto";
-import { FerryError, sleep } from "@ferry/runtime";
+import { FerryError, Reclaimer, sleep } from "@ferry/runtime";
 import { decompressor } from "@ferry/release";
-import { Reclaimer } from "./reclaim.ts";
 
 export interface ImageSpec {
   format: events.Compression;

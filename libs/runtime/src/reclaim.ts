@@ -1,12 +1,13 @@
-// Keeps the daemon's memory flat while it streams an image. Every chunk that flows
-// through the slot write (socket reads, decoder output) is a fresh Buffer whose memory
-// lives outside the V8 heap; V8 only collects them once about 64 MB of such memory has
-// piled up, which alone would double the daemon's footprint on a board. So the writer
-// asks for a young-generation collection (a scavenge: well under a millisecond on the
-// daemon's small heap) after every 2 MiB it moves (compressed and raw bytes counted), and
-// dead chunks are freed at once. Much more often and the chunks still in flight survive
-// two scavenges, get promoted, and pile up in the old generation instead: 1 MiB measured
-// worse than 2 MiB, and 4 MiB too (bench:node-daemon).
+// Keeps a process's memory flat while it streams images. Every chunk that flows through
+// a stream (socket reads, decoder output) is a fresh Buffer whose memory lives outside
+// the V8 heap; V8 only collects them once about 64 MB of such memory has piled up, which
+// alone would double the node-daemon's footprint on a board. So a streaming loop counts
+// the bytes it moves and asks for a young-generation collection (a scavenge: well under a
+// millisecond on a small heap) after every 2 MiB, and dead chunks are freed at once. Much
+// more often and the chunks still in flight survive two scavenges, get promoted, and pile
+// up in the old generation instead: 1 MiB measured worse than 2 MiB, and 4 MiB too
+// (bench:node-daemon). The node-daemon's slot writer and the image-distributor's fills
+// use it.
 // `node:v8` documents this way of reaching gc() without a command-line flag.
 import { setFlagsFromString } from "node:v8";
 import { runInNewContext } from "node:vm";
@@ -46,3 +47,6 @@ export class Reclaimer {
     this.collections++;
   }
 }
+
+/** One reclaimer for the whole process, for services whose streams run side by side. */
+export const processReclaimer = new Reclaimer();

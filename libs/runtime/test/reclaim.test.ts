@@ -2,7 +2,7 @@
 // every `everyBytes` streamed, none in between.
 import { constants, PerformanceObserver } from "node:perf_hooks";
 import { expect, it } from "vitest";
-import { Reclaimer } from "../src/adapters/reclaim.ts";
+import { Reclaimer } from "../src/reclaim.ts";
 
 it("runs one young-generation collection per interval of streamed bytes", async () => {
   const kinds: number[] = [];
