@@ -99,7 +99,9 @@ interface Peer {
 
 async function startDistributor(upstream: string, digest: string): Promise<Peer> {
   const dir = mkdtempSync(join(work, "dist-"));
-  const p = startProc(process.execPath, [join(root, "services/image-distributor/src/main.ts")], {
+  // As deployed: compiled, through bin/ferry-service (npm run build first).
+  const p = startProc(join(root, "bin/ferry-service"), ["image-distributor"], {
+    FERRY_NODE: process.execPath,
     FERRY_HTTP_ADDR: "127.0.0.1:0",
     FERRY_GRPC_ADDR: "127.0.0.1:0",
     FERRY_DISTRIBUTOR_DATA_DIR: dir,

@@ -1,5 +1,5 @@
 // npm run bench:node-daemon [-- --raw-mib 1024 --runs 3]
-// The real node-daemon process, started as a board starts it (bin/ferry-node-daemon:
+// The real node-daemon process, started as a board starts it (bin/ferry-service:
 // the compiled JavaScript and its runtime settings), with a real nats-server, on a
 // simulated board (slot files, the real U-Boot tools): a manual Install over its
 // NodeService of a signed zstd image (raw size --raw-mib) served by a local HTTP server.
@@ -116,7 +116,7 @@ async function main() {
     mkdirSync(dir, { recursive: true });
     const board = await SimBoard.create(join(dir, "board"), tools, osImage("v1.33.5", "healthy", 64 * 1024));
     const port = await freePort();
-    const daemon = spawn(join(repoRoot, "services/node-daemon/bin/ferry-node-daemon"), [], {
+    const daemon = spawn(join(repoRoot, "bin/ferry-service"), ["node-daemon"], {
       stdio: ["ignore", "ignore", "inherit"],
       env: {
         ...process.env,

@@ -174,7 +174,7 @@ describe("deploy/docker/Dockerfile", () => {
     expect(d).toMatch(/npm prune --omit=dev/);
     // The node-daemon runs compiled JavaScript through its launcher.
     expect(d).toMatch(/npm run build/);
-    expect(d).toMatch(/exec services\/node-daemon\/bin\/ferry-node-daemon/);
+    expect(d).toMatch(/exec bin\/ferry-service \\"\$FERRY_SERVICE\\"/);
     const compose = readFileSync(join(repoRoot, "deploy/docker-compose.yml"), "utf8");
     expect(compose).toMatch(/dockerfile: deploy\/docker\/Dockerfile/);
   });
@@ -209,7 +209,10 @@ describe("deploy/docker-compose.yml", () => {
         if (!src.startsWith(".") && !src.startsWith("/")) expect(Object.keys(c.volumes), `${name}: volume ${src}`).toContain(src);
         else expect(existsSync(join(repoRoot, "deploy", src)), `${name}: ${src}`).toBe(true);
       }
-      if (s.image!.startsWith("ferry")) expect(existsSync(join(repoRoot, s.command![1]!)), `${name}: ${s.command![1]}`).toBe(true);
+      if (s.image!.startsWith("ferry")) {
+        const file = s.command![0] === "node" ? s.command![1]! : s.command![0]!;
+        expect(existsSync(join(repoRoot, file)), `${name}: ${file}`).toBe(true);
+      }
     }
   });
 });

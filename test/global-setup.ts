@@ -1,6 +1,7 @@
-// Before any test: compile the packages to dist/ (npm run build). The simulated boards
-// start the node-daemon as a board does, from its compiled JavaScript
-// (services/node-daemon/bin/ferry-node-daemon), so it must be the code under test.
+// Before any test: compile the packages to dist/ (npm run build). The site the end-to-end
+// tests run (deploy/docker-compose.yml) starts the services, and the simulated boards
+// their node-daemons, as deployments do: compiled JavaScript through bin/ferry-service.
+// So dist/ must be the code under test.
 import { execFileSync } from "node:child_process";
 import { join } from "node:path";
 

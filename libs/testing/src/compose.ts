@@ -15,7 +15,7 @@
 // - A value starting with a volume's mount path points into that volume's directory.
 // - depends_on conditions: service_started, service_healthy (the service's health check,
 //   run locally), service_completed_successfully.
-import { readFileSync, mkdirSync } from "node:fs";
+import { existsSync, readFileSync, mkdirSync } from "node:fs";
 import { spawn } from "node:child_process";
 import { dirname, join, resolve } from "node:path";
 import { createServer } from "node:net";
@@ -243,15 +243,13 @@ export class LocalCompose implements AsyncDisposable {
       else this.nats = await NatsServer.start({ port, storeDir: this.#volume(`${name}-store`) });
       return;
     }
-    if (s.command[0] !== "node" || !s.command[1]) throw new Error(`${name}: only "node <script>" commands run locally (got ${s.command.join(" ")})`);
+    // "node <script> ..." or "<executable of the repository> ..." (bin/ferry-service).
+    const [script, ...args] = s.command[0] === "node" ? s.command.slice(1) : s.command;
+    if (!script || script.startsWith("/") || !existsSync(join(repoRoot, script)))
+      throw new Error(`${name}: only "node <script>" or a repository executable run locally (got ${s.command.join(" ")})`);
     const logDir = join(this.#o.dir, "logs");
     if (this.#o.logFiles) mkdirSync(logDir, { recursive: true });
-    const proc = new ServiceProcess(
-      s.command[1],
-      s.env,
-      s.command.slice(2),
-      this.#o.logFiles ? { logFile: join(logDir, `${name}.log`), keep: 1 << 20 } : {},
-    );
+    const proc = new ServiceProcess(script, s.env, args, this.#o.logFiles ? { logFile: join(logDir, `${name}.log`), keep: 1 << 20 } : {});
     this.procs.set(name, proc);
   }
 

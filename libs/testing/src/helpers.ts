@@ -56,10 +56,16 @@ export class ServiceProcess implements AsyncDisposable {
   readonly proc: ChildProcess;
   output = "";
   readonly #log: WriteStream | undefined;
-  /** `logFile`: also append the output there; `keep`: keep at most this many characters in memory. */
+  /**
+   * `script`: a .ts/.js file run by this Node, or an executable of the repository (such as
+   * bin/ferry-service) run with FERRY_NODE set to this Node. `logFile`: also append the
+   * output there; `keep`: keep at most this many characters in memory.
+   */
   constructor(script: string, env: Record<string, string>, args: string[] = [], o: { logFile?: string; keep?: number } = {}) {
-    this.proc = spawn(process.execPath, [join(repoRoot, script), ...args], {
-      env: { PATH: process.env.PATH ?? "", HOME: process.env.HOME ?? "", FERRY_LOG_LEVEL: "info", ...env },
+    const file = join(repoRoot, script);
+    const [cmd, argv] = /\.[jt]s$/.test(script) ? [process.execPath, [file, ...args]] : [file, args];
+    this.proc = spawn(cmd, argv, {
+      env: { PATH: process.env.PATH ?? "", HOME: process.env.HOME ?? "", FERRY_LOG_LEVEL: "info", FERRY_NODE: process.execPath, ...env },
       stdio: ["ignore", "pipe", "pipe"],
       detached: true,
     });

@@ -61,7 +61,7 @@ async function boot(): Promise<void> {
 
 function startDaemon(): void {
   // The daemon as a board starts it: its launcher (compiled JavaScript, runtime settings).
-  child = spawn(join(root, "services/node-daemon/bin/ferry-node-daemon"), [], {
+  child = spawn(join(root, "bin/ferry-service"), ["node-daemon"], {
     env: { ...env, FERRY_NODE: process.execPath },
     stdio: ["ignore", "inherit", "inherit"],
   });
