@@ -22,7 +22,7 @@ function fakeNode(dir: string, major: number): string {
 
 describe("bin/ferry-service", () => {
   it.each([
-    ["node-daemon", ["--liftoff-only", "--max-semi-space-size=1"], "2"],
+    ["node-daemon", ["--liftoff-only", "--max-semi-space-size=1", "--no-opt"], "2"],
     ["image-distributor", ["--liftoff-only"], null],
     ["planner", [], null],
     ["catalog", [], null],
