@@ -53,13 +53,20 @@ const a = {
   distributor: site.addr("distributor", 7403),
   http: site.addr("distributor", 7480),
 };
-await site.procs.get("demo-origin")!.waitForLog((l) => l.msg === "demo releases published", 60_000);
 const client = createClient(planner.PlannerServiceService, a.planner, { deadlineMs: 5000 });
-await waitFor(async () => (await client.listNodes({ selector: "" })).nodes.filter((n) => n.online).length === 5, {
-  timeoutMs: 120_000,
-  what: "five simulated boards to heartbeat",
-});
-client.close();
+try {
+  await site.procs.get("demo-origin")!.waitForLog((l) => l.msg === "demo releases published", 60_000);
+  await waitFor(async () => (await client.listNodes({ selector: "" })).nodes.filter((n) => n.online).length === 5, {
+    timeoutMs: 120_000,
+    what: "five simulated boards to heartbeat",
+  });
+} catch (err) {
+  // The services lead their own process groups: stop them rather than leave them behind.
+  log(`the site did not come up: ${(err as Error).message}; see .ferry/demo/logs/`);
+  await stop(1);
+} finally {
+  client.close();
+}
 
 const flags = [
   a.catalog === "127.0.0.1:7401" ? "" : ` --catalog ${a.catalog}`,

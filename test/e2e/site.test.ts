@@ -15,15 +15,29 @@ import { allEvents, checkPhases, checkNoEventLost, untilUpgrade as until } from 
 const COMPOSE = join(repoRoot, "deploy/docker-compose.yml");
 const P = planner.UpgradePhase;
 
+/** Keeps a failed scenario's service logs in /tmp and says where. */
+function keepLogs(dir: string, err: unknown): Error {
+  const keep = `/tmp/ferry-e2e-logs-${Date.now()}`;
+  cpSync(join(dir, "logs"), keep, { recursive: true });
+  return new Error(`${(err as Error).message}\n(service logs kept in ${keep})`);
+}
+
 async function site(dir: string, env: Record<string, Record<string, string>> = {}) {
   const c = await LocalCompose.up(COMPOSE, { dir, logFiles: true, env: { planner: { FERRY_PLANNER_LEASE_MS: "2000" }, ...env } });
-  await c.procs.get("demo-origin")!.waitForLog((l) => l.msg === "demo releases published", 30_000);
   const plannerAddr = c.addr("planner", 7402);
   const client = createClient(planner.PlannerServiceService, plannerAddr);
-  await waitFor(async () => (await client.listNodes({ selector: "" })).nodes.filter((n) => n.online).length === 5, {
-    timeoutMs: 60_000,
-    what: "five boards",
-  });
+  try {
+    await c.procs.get("demo-origin")!.waitForLog((l) => l.msg === "demo releases published", 30_000);
+    await waitFor(async () => (await client.listNodes({ selector: "" })).nodes.filter((n) => n.online).length === 5, {
+      timeoutMs: 60_000,
+      what: "five boards",
+    });
+  } catch (err) {
+    // The site is up but not ready: stop it here, no scenario will.
+    client.close();
+    await c.down();
+    throw keepLogs(dir, err);
+  }
   const { run: ferry } = ferryCli(() => [
     "--planner",
     plannerAddr,
@@ -46,9 +60,7 @@ async function withSite(env: Record<string, Record<string, string>>, fn: (s: Sit
   try {
     await fn(s);
   } catch (err) {
-    const keep = `/tmp/ferry-e2e-logs-${Date.now()}`;
-    cpSync(join(dir.path, "logs"), keep, { recursive: true });
-    throw new Error(`${(err as Error).message}\n(service logs kept in ${keep})`);
+    throw keepLogs(dir.path, err);
   } finally {
     await s.c.down();
   }
