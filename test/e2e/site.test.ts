@@ -29,7 +29,7 @@ async function site(dir: string, env: Record<string, Record<string, string>> = {
   try {
     await c.procs.get("demo-origin")!.waitForLog((l) => l.msg === "demo releases published", 30_000);
     await waitFor(async () => (await client.listNodes({ selector: "" })).nodes.filter((n) => n.online).length === 5, {
-      timeoutMs: 60_000,
+      timeoutMs: 120_000, // a full parallel run on 2 cores is slow to start five boards
       what: "five boards",
     });
   } catch (err) {
