@@ -28,12 +28,10 @@ export class NatsServer implements AsyncDisposable {
   port = 0;
   #proc: ChildProcess | undefined;
   #ownsStore: boolean;
-  #confDir: string;
 
   private constructor(opts: NatsServerOptions) {
     this.#ownsStore = opts.storeDir === undefined;
     this.storeDir = opts.storeDir ?? mkdtempSync(join(tmpdir(), "ferry-nats-"));
-    this.#confDir = mkdtempSync(join(tmpdir(), "ferry-natsconf-"));
     this.port = opts.port ?? 0;
   }
 
@@ -51,8 +49,17 @@ export class NatsServer implements AsyncDisposable {
     return this.#proc !== undefined && this.#proc.exitCode === null;
   }
 
+  /** Starts nats-server; its configuration file lives only until the server has read it. */
   async #launch(): Promise<void> {
-    const conf = join(this.#confDir, "nats.conf");
+    const confDir = mkdtempSync(join(tmpdir(), "ferry-natsconf-"));
+    try {
+      await this.#spawn(join(confDir, "nats.conf"));
+    } finally {
+      rmSync(confDir, { recursive: true, force: true });
+    }
+  }
+
+  async #spawn(conf: string): Promise<void> {
     writeFileSync(
       conf,
       [
@@ -108,7 +115,6 @@ export class NatsServer implements AsyncDisposable {
 
   async [Symbol.asyncDispose](): Promise<void> {
     await this.stop(true);
-    rmSync(this.#confDir, { recursive: true, force: true });
     if (this.#ownsStore) rmSync(this.storeDir, { recursive: true, force: true });
   }
 }

@@ -95,7 +95,7 @@ export class Site implements AsyncDisposable {
     for (const f of this.#fleets) f.stop();
     for (const a of this.#apps.reverse()) await a.stop(AbortSignal.timeout(2000)).catch(() => undefined);
     await this.nc.close().catch(() => undefined);
-    await this.nats.stop(true);
+    await this.nats[Symbol.asyncDispose]();
     this.dir[Symbol.dispose]();
   }
 }
