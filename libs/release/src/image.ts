@@ -1,6 +1,7 @@
 // Measuring an OS image in one streaming pass: compressed size and sha256 (the blob the
 // distributor serves) and raw size and sha256 (what is written to the slot).
-import { createHash } from "node:crypto";
+import { createHash, type Hash } from "node:crypto";
+import { open } from "node:fs/promises";
 import { Readable, Transform, Writable } from "node:stream";
 import { pipeline } from "node:stream/promises";
 import { createGunzip, createZstdDecompress } from "node:zlib";
@@ -28,6 +29,28 @@ export function decompressor(format: events.Compression): Transform | undefined 
   if (format === Compression.COMPRESSION_ZSTD) return createZstdDecompress({ chunkSize: 1 << 18 });
   if (format === Compression.COMPRESSION_GZIP) return createGunzip({ chunkSize: 1 << 18 });
   return undefined;
+}
+
+/**
+ * Feeds the first `length` bytes of a file (a slot, a partial download) to `hash` through
+ * one reused 1 MiB buffer: no per-chunk allocation, however large the file. Returns how
+ * many bytes it read: fewer than `length` when the file ends first.
+ */
+export async function hashFilePrefix(path: string, length: number, hash: Hash): Promise<number> {
+  const buf = Buffer.allocUnsafe(Math.min(1 << 20, Math.max(1, length)));
+  const fh = await open(path, "r");
+  let n = 0;
+  try {
+    while (n < length) {
+      const { bytesRead } = await fh.read(buf, 0, Math.min(buf.length, length - n), n);
+      if (bytesRead === 0) break;
+      hash.update(buf.subarray(0, bytesRead));
+      n += bytesRead;
+    }
+  } finally {
+    await fh.close();
+  }
+  return n;
 }
 
 /** A pass-through that counts and hashes what flows through it. */

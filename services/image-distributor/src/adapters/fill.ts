@@ -10,6 +10,7 @@ import { open, type FileHandle } from "node:fs/promises";
 import { request } from "undici";
 import type { Logger } from "@ferry/runtime";
 import { processReclaimer, sleep } from "@ferry/runtime";
+import { hashFilePrefix } from "@ferry/release";
 import { BadSourceError, DiskFullError } from "../errors.ts";
 import type { Metrics } from "../metrics.ts";
 import type { BlobStore } from "./store.ts";
@@ -182,7 +183,8 @@ export class Filler {
       // Resume a partial file a previous run left: re-hash what it holds.
       const already = await this.#store.partialSize(d);
       if (already > 0 && (fill.size === undefined || already <= fill.size)) {
-        hash = await hashFile(this.#store.partialPath(d), already);
+        const path = this.#store.partialPath(d);
+        if ((await hashFilePrefix(path, already, hash)) !== already) throw new Error(`${path} is shorter than the ${already} bytes it held`);
         fill.written = already;
         log.info({ bytes: already }, "resuming partial fill");
       } else if (already > 0) {
@@ -322,22 +324,4 @@ export class Filler {
       }
     }
   }
-}
-
-/** The sha256 state of a file's first `length` bytes, read through one reused buffer. */
-async function hashFile(path: string, length: number): Promise<Hash> {
-  const hash = createHash("sha256");
-  const buf = Buffer.allocUnsafe(1 << 20);
-  const fh = await open(path, "r");
-  try {
-    for (let pos = 0; pos < length;) {
-      const { bytesRead } = await fh.read(buf, 0, Math.min(buf.length, length - pos), pos);
-      if (bytesRead === 0) throw new Error(`${path} ended at ${pos} of ${length} bytes`);
-      hash.update(buf.subarray(0, bytesRead));
-      pos += bytesRead;
-    }
-  } finally {
-    await fh.close();
-  }
-  return hash;
 }

@@ -12,7 +12,7 @@ import { pipeline } from "node:stream/promises";
 import { request } from "./http.ts";
 import type { events } from "@ferry/proto";
 import { FerryError, Reclaimer, sleep } from "@ferry/runtime";
-import { decompressor } from "@ferry/release";
+import { decompressor, hashFilePrefix } from "@ferry/release";
 
 export interface ImageSpec {
   format: events.Compression;
@@ -206,19 +206,7 @@ export async function writeSlot(o: WriteSlotOptions): Promise<{ rawSha256: strin
 /** Reads the slot back through one reused buffer and checks the raw size and sha256 (before any boot switch). */
 export async function readBackVerify(slotPath: string, rawSize: number, rawSha256: string): Promise<void> {
   const hash = createHash("sha256");
-  const buf = Buffer.allocUnsafe(1024 * 1024);
-  const fh = await open(slotPath, "r");
-  let n = 0;
-  try {
-    while (n < rawSize) {
-      const { bytesRead } = await fh.read(buf, 0, Math.min(buf.length, rawSize - n), n);
-      if (bytesRead === 0) break;
-      hash.update(buf.subarray(0, bytesRead));
-      n += bytesRead;
-    }
-  } finally {
-    await fh.close();
-  }
+  const n = await hashFilePrefix(slotPath, rawSize, hash);
   if (n !== rawSize) throw new SlotWriteError("READBACK_SHORT", `read back ${n} of ${rawSize} bytes from ${slotPath}`);
   const got = hash.digest("hex");
   if (got !== rawSha256) throw new SlotWriteError("READBACK_MISMATCH", `the slot reads back as sha256 ${got}, the manifest signs ${rawSha256}`);
