@@ -2,7 +2,7 @@
 // exist, selectors match, service accounts exist), only the planner may talk to the
 // Kubernetes API, and its RBAC grants exactly the requests the code makes (recorded on
 // the test kit's fake API server while the gates run). The compose file is checked too.
-import { readdirSync, readFileSync, existsSync, writeFileSync } from "node:fs";
+import { readdirSync, readFileSync, existsSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { describe, expect, it } from "vitest";
 import { parseAllDocuments, parse } from "yaml";
@@ -83,9 +83,9 @@ describe("deploy/k8s", () => {
     // Every call the gates make, against the fake API server.
     await using kube = await FakeKube.start();
     using dir = tempDir("ferry-rbac-");
-    writeFileSync(join(dir.path, "kubeconfig"), kube.kubeconfig());
+    const kubeconfig = kube.writeKubeconfig(dir.path);
     const gates = new KubeGates({
-      kubeconfig: loadKubeConfig({ file: join(dir.path, "kubeconfig") }),
+      kubeconfig: loadKubeConfig({ file: kubeconfig }),
       log: createLogger("t", "silent"),
       criticalDaemonSets: ["kube-system/kube-proxy"],
     });
@@ -118,7 +118,7 @@ describe("deploy/k8s", () => {
       metadata: { name: "m1" },
       spec: { version: "v1.34.5", catalog: { inline: "images: []" } },
     });
-    const osu = new OSUpgradeController(loadKubeConfig({ file: join(dir.path, "kubeconfig") }), ops, createLogger("t", "silent"));
+    const osu = new OSUpgradeController(loadKubeConfig({ file: kubeconfig }), ops, createLogger("t", "silent"));
     osu.start(100);
     await waitFor(
       () =>

@@ -53,6 +53,18 @@ async function site(dir: string, env: Record<string, Record<string, string>> = {
 
 type SiteT = Awaited<ReturnType<typeof site>>;
 
+/** Upgrade `id`: every node to v1.35.1, two at a time, no canary. */
+function upgradeAllToV135(id: string, s: SiteT) {
+  return s.client.createUpgrade({
+    id,
+    spec: {
+      target: "v1.35.1",
+      selector: "",
+      strategy: { maxUnavailable: 2, canary: 0, failureBudget: 0, healthTimeoutSeconds: 120, window: undefined },
+    },
+  });
+}
+
 /** Runs a scenario on a fresh site; its service logs are kept in /tmp when it fails. */
 async function withSite(env: Record<string, Record<string, string>>, fn: (s: SiteT) => Promise<void>): Promise<void> {
   using dir = tempDir("ferry-e2e-");
@@ -118,14 +130,7 @@ describe("a site from deploy/docker-compose.yml", () => {
 
   it("three control-plane boards (real daemons): one at a time, never two minors apart", { timeout: 240_000 }, async () => {
     await withSite({ "board-worker-1": { FERRY_ROLE: "control-plane" }, "board-worker-2": { FERRY_ROLE: "control-plane" } }, async (s) => {
-      await s.client.createUpgrade({
-        id: "three",
-        spec: {
-          target: "v1.35.1",
-          selector: "",
-          strategy: { maxUnavailable: 2, canary: 0, failureBudget: 0, healthTimeoutSeconds: 120, window: undefined },
-        },
-      });
+      await upgradeAllToV135("three", s);
       await until(s.client, "three", (u) => u.phase === P.UPGRADE_PHASE_SUCCEEDED, 200_000);
       const nc = await connectNats({ url: s.c.nats!.url, name: "e2e" });
       checkPhases(await allEvents({ nc }, "three"), new Set(["cp-1", "worker-1", "worker-2"]));
@@ -143,14 +148,7 @@ describe("a site from deploy/docker-compose.yml", () => {
     { timeout: 300_000 },
     async () => {
       await withSite({}, async (s) => {
-        await s.client.createUpgrade({
-          id: "chaos",
-          spec: {
-            target: "v1.35.1",
-            selector: "",
-            strategy: { maxUnavailable: 2, canary: 0, failureBudget: 0, healthTimeoutSeconds: 120, window: undefined },
-          },
-        });
+        await upgradeAllToV135("chaos", s);
         const progressed = (n: number) => until(s.client, "chaos", (u) => u.progress.reduce((a, g) => a + g.hopIndex, 0) >= n);
         await progressed(1);
         await s.c.kill("planner");

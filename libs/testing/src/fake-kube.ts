@@ -10,8 +10,10 @@
 //   POST /api/v1/namespaces/{ns}/events (kept in `events`),
 //   and an outage (the listener closes and connections are cut, then it comes back on the
 //   same port). Errors are metav1.Status bodies. Anything else answers 404.
+import { writeFileSync } from "node:fs";
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
 import type { Socket } from "node:net";
+import { join } from "node:path";
 
 export interface FakeNode {
   metadata: { name: string; labels?: Record<string, string>; annotations?: Record<string, string | null> };
@@ -102,6 +104,13 @@ export class FakeKube implements AsyncDisposable {
       "current-context: fake",
       "",
     ].join("\n");
+  }
+
+  /** Writes the kubeconfig to `<dir>/kubeconfig` and returns that path. */
+  writeKubeconfig(dir: string): string {
+    const file = join(dir, "kubeconfig");
+    writeFileSync(file, this.kubeconfig());
+    return file;
   }
 
   addNode(name: string, kubeletVersion: string, o: { controlPlane?: boolean; unschedulable?: boolean } = {}): FakeNode {

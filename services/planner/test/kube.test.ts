@@ -5,10 +5,8 @@
 // waits for the kubelet to report the release before the commit, uncordons only what it
 // cordoned, and rides out an API server outage.
 import { createHash } from "node:crypto";
-import { writeFileSync } from "node:fs";
 import { createServer } from "node:http";
 import { zstdCompressSync } from "node:zlib";
-import { join } from "node:path";
 import { describe, expect, it } from "vitest";
 import { events, planner } from "@ferry/proto";
 import { createLogger } from "@ferry/runtime";
@@ -40,8 +38,7 @@ describe("Kubernetes gates", () => {
     kube.pdbs.push({ namespace: "shop", matchLabels: { app: "web" }, minAvailable: 2 });
     // The kubelet reports the version the board runs.
     using _kubelets = followKubelets(kube, fleet);
-    const kubeconfig = join(site.dir.path, "kubeconfig");
-    writeFileSync(kubeconfig, kube.kubeconfig());
+    const kubeconfig = kube.writeKubeconfig(site.dir.path);
     const { client } = await site.planner({ FERRY_KUBECONFIG: kubeconfig, FERRY_KUBE_CRITICAL_DAEMONSETS: "kube-system/kube-proxy" });
     await waitFor(async () => (await client.listNodes({ selector: "" })).nodes.length === 4);
 
@@ -105,8 +102,7 @@ describe("Kubernetes gates", () => {
     // The daemon says worker; the cluster says control plane: the cluster wins.
     await site.fleet([{ name: "edge-1", board: "ls1046a", role: "worker", version: "v1.33.4", behaviour: "healthy" }]);
     kube.addNode("edge-1", "v1.33.4", { controlPlane: true });
-    writeFileSync(join(site.dir.path, "kubeconfig"), kube.kubeconfig());
-    const { client } = await site.planner({ FERRY_KUBECONFIG: join(site.dir.path, "kubeconfig") });
+    const { client } = await site.planner({ FERRY_KUBECONFIG: kube.writeKubeconfig(site.dir.path) });
     const n = await waitFor(async () => {
       const x = (await client.listNodes({ selector: "" })).nodes[0];
       return x?.kubeletVersion ? x : undefined;
@@ -119,9 +115,9 @@ describe("Kubernetes gates", () => {
   it("holds the commit while the node is not Ready, runs another kubelet, or a critical DaemonSet pod is not Ready", async () => {
     await using kube = await FakeKube.start();
     using dir = tempDir("ferry-kube-");
-    writeFileSync(join(dir.path, "kubeconfig"), kube.kubeconfig());
+    const kubeconfig = kube.writeKubeconfig(dir.path);
     const gates = new KubeGates({
-      kubeconfig: loadKubeConfig({ file: join(dir.path, "kubeconfig") }),
+      kubeconfig: loadKubeConfig({ file: kubeconfig }),
       log: createLogger("t", "silent"),
       criticalDaemonSets: ["kube-system/kube-proxy"],
     });
@@ -137,7 +133,7 @@ describe("Kubernetes gates", () => {
 
     // A PodDisruptionBudget that never allows the eviction: the drain times out with a clear event.
     const strict = new KubeGates({
-      kubeconfig: loadKubeConfig({ file: join(dir.path, "kubeconfig") }),
+      kubeconfig: loadKubeConfig({ file: kubeconfig }),
       log: createLogger("t", "silent"),
       drainTimeoutMs: 600,
       retryMs: 50,
@@ -158,18 +154,19 @@ describe("OSUpgrade objects", () => {
     const fleet = await site.fleet(boards(4), { stepMs: 30 });
     for (const b of fleet.boards.values()) kube.addNode(b.name, "v1.33.4", { controlPlane: b.role === "control-plane" });
     using _kubelets = followKubelets(kube, fleet);
-    writeFileSync(join(site.dir.path, "kubeconfig"), kube.kubeconfig());
-    const { client } = await site.planner({ FERRY_KUBECONFIG: join(site.dir.path, "kubeconfig"), FERRY_OSUPGRADE_SYNC_MS: "200" });
+    const { client } = await site.planner({ FERRY_KUBECONFIG: kube.writeKubeconfig(site.dir.path), FERRY_OSUPGRADE_SYNC_MS: "200" });
     await waitFor(async () => (await client.listNodes({ selector: "" })).nodes.length === 4);
+    const applyOSUpgrade = (name: string, target: string, maxUnavailable: number) =>
+      kube.applyCustom("ferry.dev", "osupgrades", {
+        apiVersion: "ferry.dev/v1alpha1",
+        kind: "OSUpgrade",
+        metadata: { name },
+        spec: { target, strategy: { maxUnavailable } },
+      });
     const osu = (name: string) =>
       kube.custom.get(`ferry.dev/osupgrades/${name}`) as { metadata: { finalizers?: string[] }; status: Record<string, unknown> } | undefined;
 
-    kube.applyCustom("ferry.dev", "osupgrades", {
-      apiVersion: "ferry.dev/v1alpha1",
-      kind: "OSUpgrade",
-      metadata: { name: "to-1337" },
-      spec: { target: "v1.33.7", strategy: { maxUnavailable: 2 } },
-    });
+    applyOSUpgrade("to-1337", "v1.33.7", 2);
     await waitFor(() => osu("to-1337")?.status.phase === "Succeeded", { timeoutMs: 30_000, what: "OSUpgrade to-1337 to succeed" });
     const st = osu("to-1337")!.status as {
       upgradeId: string;
@@ -194,22 +191,12 @@ describe("OSUpgrade objects", () => {
     // the watch comes back with a too-old resourceVersion, gets 410 Gone, and the
     // controller lists again.
     await kube.outage(1000);
-    kube.applyCustom("ferry.dev", "osupgrades", {
-      apiVersion: "ferry.dev/v1alpha1",
-      kind: "OSUpgrade",
-      metadata: { name: "to-1337" },
-      spec: { target: "v1.33.7", strategy: { maxUnavailable: 2 } },
-    });
+    applyOSUpgrade("to-1337", "v1.33.7", 2);
     kube.compact();
     await waitFor(() => kube.lists.filter((l) => l === "ferry.dev/osupgrades/").length === 2, { timeoutMs: 10_000, what: "a relist after 410 Gone" });
 
     // The next one is deleted while it runs: cancelled, the finalizer lets go, nodes uncordoned.
-    kube.applyCustom("ferry.dev", "osupgrades", {
-      apiVersion: "ferry.dev/v1alpha1",
-      kind: "OSUpgrade",
-      metadata: { name: "to-1345" },
-      spec: { target: "v1.34.5", strategy: { maxUnavailable: 1 } },
-    });
+    applyOSUpgrade("to-1345", "v1.34.5", 1);
     await waitFor(() => osu("to-1345")?.status.phase === "Running", { timeoutMs: 10_000, what: "to-1345 running" });
     kube.deleteCustom("ferry.dev", "osupgrades", "to-1345");
     await waitFor(() => osu("to-1345") === undefined, { timeoutMs: 30_000, what: "the finalizer to let the object go" });
@@ -231,9 +218,8 @@ describe("monok8s OSUpgrades", () => {
     const origin = createServer((_req, res) => res.writeHead(200, { "content-length": zst.length }).end(zst));
     await new Promise<void>((r) => origin.listen(0, "127.0.0.1", r));
     const url = `http://127.0.0.1:${(origin.address() as { port: number }).port}/v1.33.9.img.zst`;
-    writeFileSync(join(site.dir.path, "kubeconfig"), kube.kubeconfig());
     const { client } = await site.planner({
-      FERRY_KUBECONFIG: join(site.dir.path, "kubeconfig"),
+      FERRY_KUBECONFIG: kube.writeKubeconfig(site.dir.path),
       FERRY_OSUPGRADE_SYNC_MS: "200",
       ...(trust ? { FERRY_MONOK8S_TRUST: "true", FERRY_MONOK8S_BOARD: "ls1046a" } : {}),
     });
