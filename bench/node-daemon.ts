@@ -129,6 +129,7 @@ async function main() {
         FERRY_KEYRING_FILE: keyring,
         FERRY_SLOT_A: board.slotPath("A"),
         FERRY_SLOT_B: board.slotPath("B"),
+        FERRY_SLOT_KIND: "file",
         FERRY_BOOT_STATE_FILE: join(dir, "board", "run", "boot-state.env"),
         FERRY_UBOOT_CONFIG: join(dir, "board", "fw_env.config"),
         FERRY_UBOOT_DEFAULT_ENV: join(dir, "board", "default.env"),
@@ -161,7 +162,7 @@ async function main() {
           if (e.step === StepName.STEP_NAME_REBOOT && e.state === StepState.STEP_STATE_SUCCEEDED) return;
         }
       })();
-      await client.install({ envelope, url });
+      await client.install({ envelope, url, holdCommit: false, healthTimeoutSeconds: 0 });
       await watched;
       ac.abort();
       const peakRssMiB = hwmMiB(daemon.pid!);

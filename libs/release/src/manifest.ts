@@ -3,7 +3,7 @@
 import { events } from "@ferry/proto";
 import { FerryError } from "@ferry/runtime";
 import { verifyEnvelope, type Keyring, type SignedEnvelope } from "@ferry/signing";
-import { isVersion, parseMinor, truncate } from "./semver.ts";
+import { isVersion, parseMinor, parseVersion, truncate, type Version } from "./semver.ts";
 
 export type ReleaseManifest = events.ReleaseManifest;
 export type BoardImage = events.BoardImage;
@@ -16,6 +16,8 @@ export const MAX_MANIFEST_BYTES = 64 * 1024;
 const MANIFEST_KEYS = new Set(["type", "version", "images", "allowedFrom", "notes", "expires", "issuedAt"]);
 const IMAGE_KEYS = new Set(["board", "arch", "url", "format", "compressedSize", "compressedSha256", "rawSize", "rawSha256"]);
 const SHA256_RE = /^[0-9a-f]{64}$/;
+/** RFC 3339 date-time: a zone is required (a time without one would be read in the board's local zone). */
+const RFC3339_RE = /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{1,9})?(Z|[+-]\d\d:\d\d)$/i;
 const NAME_RE = /^[a-z0-9][a-z0-9._-]{0,62}$/;
 const FORMATS: Record<string, Compression> = {
   COMPRESSION_NONE: Compression.COMPRESSION_NONE,
@@ -53,10 +55,20 @@ export function parseManifest(bytes: Uint8Array): ReleaseManifest {
   checkKeys(doc, MANIFEST_KEYS, "manifest");
   if (doc.type !== MANIFEST_TYPE)
     throw new ManifestError(`manifest type must be "${MANIFEST_TYPE}", got ${JSON.stringify(doc.type ?? null)}`, "MANIFEST_TYPE");
+  // ts-proto's fromJSON coerces (a string allowedFrom would become "from anything"): every
+  // field must already have its JSON type.
+  if (typeof doc.version !== "string") throw new ManifestError("manifest.version must be a string");
+  if (doc.notes !== undefined && typeof doc.notes !== "string") throw new ManifestError("manifest.notes must be a string");
+  if (doc.allowedFrom !== undefined && !(Array.isArray(doc.allowedFrom) && doc.allowedFrom.every((a) => typeof a === "string"))) {
+    throw new ManifestError("manifest.allowedFrom must be a list of strings");
+  }
   if (!Array.isArray(doc.images)) throw new ManifestError("manifest.images must be a list");
   doc.images.forEach((img, i) => {
     if (!isObject(img)) throw new ManifestError(`manifest.images[${i}] must be an object`);
     checkKeys(img, IMAGE_KEYS, `manifest.images[${i}]`);
+    for (const k of ["board", "arch", "url", "compressedSha256", "rawSha256"]) {
+      if (typeof img[k] !== "string") throw new ManifestError(`manifest.images[${i}].${k} must be a string`);
+    }
     if (img.format !== undefined && !(typeof img.format === "string" && img.format in FORMATS)) {
       throw new ManifestError(`manifest.images[${i}].format must be one of ${Object.keys(FORMATS).join(", ")}`);
     }
@@ -69,8 +81,8 @@ export function parseManifest(bytes: Uint8Array): ReleaseManifest {
   });
   for (const k of ["expires", "issuedAt"]) {
     const val = doc[k];
-    if (val !== undefined && (typeof val !== "string" || Number.isNaN(Date.parse(val)) || !/^\d{4}-\d\d-\d\dT/.test(val))) {
-      throw new ManifestError(`manifest.${k} must be an RFC 3339 timestamp, got ${JSON.stringify(val)}`);
+    if (val !== undefined && (typeof val !== "string" || !RFC3339_RE.test(val) || Number.isNaN(Date.parse(val)))) {
+      throw new ManifestError(`manifest.${k} must be an RFC 3339 timestamp with a zone (Z or ±hh:mm), got ${JSON.stringify(val)}`);
     }
   }
   const m = events.ReleaseManifest.fromJSON(doc);
@@ -147,6 +159,19 @@ export function verifyRelease(env: SignedEnvelope | undefined, keyring: Keyring,
     throw new FerryError("failed_precondition", "RELEASE_EXPIRED", `release ${manifest.version} expired at ${manifest.expires!.toISOString()}`);
   }
   return { manifest, keyIds };
+}
+
+/**
+ * Whether a release's allowedFrom rules admit installing it over `version`: an empty list
+ * admits any version; an entry is an exact version (v1.33.4) or a minor (v1.33).
+ */
+export function allowedFromAdmits(allowedFrom: readonly string[], version: Version | string): boolean {
+  if (allowedFrom.length === 0) return true;
+  const v = typeof version === "string" ? parseVersion(version) : version;
+  return allowedFrom.some((rule) => {
+    const minor = parseMinor(rule);
+    return minor ? minor.major === v.major && minor.minor === v.minor : rule === v.raw;
+  });
 }
 
 export function imageFor(m: ReleaseManifest, board: string): BoardImage | undefined {

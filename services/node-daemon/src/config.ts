@@ -14,6 +14,12 @@ const vars = {
   distributorUrl: v.string("FERRY_DISTRIBUTOR_URL", "base URL of the site image-distributor (http://host:7480)", ""),
   slotA: v.string("FERRY_SLOT_A", "path of slot A (partition or file)"),
   slotB: v.string("FERRY_SLOT_B", "path of slot B (partition or file)"),
+  slotKind: v.enumOf(
+    "FERRY_SLOT_KIND",
+    "what the slots are: block devices (a board), or regular files (only a simulated board); anything else is refused before any write",
+    ["block", "file"] as const,
+    "block",
+  ),
   bootStateFile: v.string("FERRY_BOOT_STATE_FILE", "file the initramfs writes with BOOT_PART=A|B", "/run/monok8s/boot-state.env"),
   bootloader: v.enumOf("FERRY_BOOTLOADER", "bootloader environment", ["uboot", "grub"] as const, "uboot"),
   ubootConfig: v.string("FERRY_UBOOT_CONFIG", "fw_env.config describing the U-Boot environment", "/etc/fw_env.config"),
@@ -34,6 +40,7 @@ const vars = {
     "FERRY_OS_VERSION",
     "the version the running OS image ships (seeds the committed version before the first Ferry install)",
   ),
+  osReleaseFile: v.string("FERRY_OS_RELEASE_FILE", "os-release of the running OS; its VERSION_ID is the anti-rollback floor when FERRY_OS_VERSION is unset", "/etc/os-release"),
   heartbeatMs: v.int("FERRY_HEARTBEAT_MS", "status heartbeat interval", 5000, 100),
   labels: v.string("FERRY_NODE_LABELS", 'labels reported with the heartbeat for upgrade selectors, "k=v,k2=v2"', ""),
 };

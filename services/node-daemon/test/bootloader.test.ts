@@ -8,7 +8,7 @@ import { describe, expect, it } from "vitest";
 import { repoRoot, tempDir } from "@ferry/testing";
 import { GrubEnv } from "../src/adapters/bootloader/grub.ts";
 import { powerOn } from "../src/adapters/bootloader/power-on.ts";
-import { armTrial, markGood, revertTo, type Bootloader } from "../src/adapters/bootloader/types.ts";
+import { armTrial, markGood, revertTo, type Bootloader } from "../src/steps/ports.ts";
 import { UBootEnv } from "../src/adapters/bootloader/uboot.ts";
 
 const tools = JSON.parse(

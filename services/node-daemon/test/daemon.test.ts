@@ -51,6 +51,7 @@ describe("node-daemon with NATS", () => {
     const board = await SimBoard.create(join(dir.path, "board"), tools, osImage("v1.33.5", "healthy", 256 * 1024));
     const config = loadConfig({
       FERRY_NODE_NAME: "edge-1.site-a",
+      FERRY_OS_VERSION: "v1.33.5",
       FERRY_BOARD: "ls1046a",
       FERRY_DATA_DIR: join(dir.path, "data"),
       FERRY_NATS_URL: nats.url,
@@ -77,7 +78,7 @@ describe("node-daemon with NATS", () => {
     await waitFor(async () => (await app.idle()) === "rebooting", { timeoutMs: 20_000, what: "the reboot request" });
 
     // A manual install is refused while the assignment is active.
-    const refused = await local.install({ envelope, url: "" }).catch((e: GrpcCallError) => e);
+    const refused = await local.install({ envelope, url: "", holdCommit: false, healthTimeoutSeconds: 0 }).catch((e: GrpcCallError) => e);
     expect(status[(refused as GrpcCallError).code]).toBe("FAILED_PRECONDITION");
     local.close();
 
@@ -144,16 +145,16 @@ describe("node-daemon with NATS", () => {
       );
     expect(await code(local.commit({}))).toBe("FAILED_PRECONDITION");
     expect(await code(local.rollback({ reason: "x" }))).toBe("FAILED_PRECONDITION");
-    expect(await code(local.install({ envelope: undefined, url: "" }))).toBe("INVALID_ARGUMENT");
+    expect(await code(local.install({ envelope: undefined, url: "", holdCommit: false, healthTimeoutSeconds: 0 }))).toBe("INVALID_ARGUMENT");
 
     const watched: events.StepEvent[] = [];
     const ac = new AbortController();
     const watching = (async () => {
       for await (const e of local.watchEvents({ afterSeq: 0 }, { signal: ac.signal })) watched.push(e);
     })().catch(() => undefined);
-    const { upgradeId } = await local.install({ envelope, url: "" });
+    const { upgradeId } = await local.install({ envelope, url: "", holdCommit: false, healthTimeoutSeconds: 0 });
     expect(upgradeId).toMatch(/^manual-/);
-    expect(await code(local.install({ envelope, url: "" }))).toBe("FAILED_PRECONDITION"); // one at a time
+    expect(await code(local.install({ envelope, url: "", holdCommit: false, healthTimeoutSeconds: 0 }))).toBe("FAILED_PRECONDITION"); // one at a time
     await waitFor(async () => (await app.idle()) === "rebooting", { timeoutMs: 20_000 });
     expect(watched.map((e) => e.seq)).toEqual(Array.from({ length: watched.length }, (_, k) => k + 1));
     expect(watched.some((e) => e.step === events.StepName.STEP_NAME_WRITE_SLOT && e.state === events.StepState.STEP_STATE_PROGRESS)).toBe(true);

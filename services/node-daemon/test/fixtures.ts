@@ -60,6 +60,7 @@ export function assignment(over: Partial<events.Assignment> = {}): events.Assign
     commitAllowed: true,
     cancel: false,
     updatedAt: new Date(),
+    term: 0,
     ...over,
   };
 }

@@ -9,10 +9,11 @@ import { afterEach, describe, expect, it } from "vitest";
 import { events } from "@ferry/proto";
 import { createKeyring, generateKeyPair, loadSigningKey, type SigningKey } from "@ferry/signing";
 import { repoRoot, tempDir } from "@ferry/testing";
-import { AtomicJsonFile } from "../src/adapters/journal.ts";
+import { AtomicJsonFile } from "@ferry/runtime";
 import { osImage, SimBoard, type Behaviour } from "../src/sim/board.ts";
 import { signedRelease } from "./fixtures.ts";
-import { Runner, type Gates, type Journal, type NodeState, type RunOutcome } from "../src/steps/runner.ts";
+import { Runner } from "../src/steps/runner.ts";
+import type { Gates, Grant, Journal, NodeState, RunOutcome } from "../src/steps/ports.ts";
 
 const tools = JSON.parse(
   execFileSync(join(repoRoot, "scripts/ensure-bootloader-tools.sh"), { encoding: "utf8", stdio: ["ignore", "pipe", "inherit"] }),
@@ -60,7 +61,13 @@ async function setup(dir: string) {
   const journal = new AtomicJsonFile<Journal>(join(dir, "data", "journal.json"));
   const emitted: events.StepEvent[] = [];
   const gates = { reboot: true, commit: true, cancel: false };
-  const gatesApi: Gates = { rebootAllowed: () => gates.reboot, commitAllowed: () => gates.commit, cancelled: () => gates.cancel };
+  // The planner's side: the newest assignment's gates, for upgrade up-1 hop 0.
+  const gatesApi: Gates = {
+    latest: (upgradeId, hopIndex): Grant | undefined =>
+      upgradeId === "up-1" && hopIndex === 0
+        ? { upgradeId, hopIndex, term: 1, rebootAllowed: gates.reboot, commitAllowed: gates.commit, cancel: gates.cancel, local: false }
+        : undefined,
+  };
   /** A fresh Runner is a fresh daemon process (after a restart or a reboot). */
   const daemon = () =>
     new Runner({
@@ -94,6 +101,7 @@ const req = (envelope: events.SignedEnvelope, base: string, version: string, hea
   envelope,
   urls: [`${base}/${version}.img.zst`],
   healthTimeoutSeconds,
+  grant: { upgradeId: "up-1", hopIndex: 0, term: 1, rebootAllowed: false, commitAllowed: false, cancel: false, local: false },
 });
 
 describe("install on a simulated board", () => {

@@ -7,7 +7,8 @@ import { gzipSync, zstdCompressSync } from "node:zlib";
 import { afterEach, describe, expect, it } from "vitest";
 import { events } from "@ferry/proto";
 import { tempDir } from "@ferry/testing";
-import { readBackVerify, writeSlot, type ImageSpec, type WriteProgress } from "../src/adapters/slot-writer.ts";
+import { readBackVerify, writeSlot, type WriteProgress } from "../src/adapters/slot-writer.ts";
+import type { ImageSpec } from "../src/steps/ports.ts";
 
 const sha = (b: Buffer) => createHash("sha256").update(b).digest("hex");
 const servers: Server[] = [];

@@ -70,16 +70,49 @@ describe("verifyForNode", () => {
     expect(code(() => verifyForNode(signEnvelope(Buffer.from("{}"), [s1, s2]), ring, facts()))).toBe("MANIFEST_INVALID");
   });
 
-  it("uses the high-water time, so a clock reset to 1970 does not revive an expired release", () => {
+  it("a clock reset to 1970 cannot revive an expired release: the backstop and the attested high-water mark say otherwise", () => {
+    const expired = signEnvelope(encodeManifest(manifest({ expires: new Date("2026-06-01T00:00:00Z") })), [s1, s2]);
+    // The backstop (this daemon's release date) is after the expiry.
+    expect(code(() => verifyForNode(expired, ring, facts({ now: new Date(0) })))).toBe("RELEASE_EXPIRED");
+    // A high-water mark from a release signed later refuses what expired before it, whatever the clock says.
     const f = facts({ now: new Date(0), highWater: new Date("2027-02-01T00:00:00Z") });
     expect(code(() => verifyForNode(good, ring, f))).toBe("RELEASE_EXPIRED");
-    expect(verifyForNode(good, ring, facts({ now: new Date(0), highWater: new Date("2026-06-01T00:00:00Z") })).trustedTime.toISOString()).toBe(
-      "2026-06-01T00:00:00.000Z",
-    );
+    expect(() => verifyForNode(good, ring, f)).toThrow(/latest attested time is 2027-02-01/);
   });
 
-  it("accepts the same version again (a re-install) and any version on a fresh board", () => {
+  it("a clock in 2099 refuses an expiring release only while it is wrong, and poisons nothing", () => {
+    const f = facts({ now: new Date("2099-01-01T00:00:00Z") });
+    expect(() => verifyForNode(good, ring, f)).toThrow(/by the board's clock .*if the clock is wrong, set it/);
+    // Nothing of the wrong clock is kept: the high-water mark comes only from signed times.
+    const signedAt = new Date("2026-11-20T00:00:00Z");
+    const issued = signEnvelope(encodeManifest(manifest({ issuedAt: signedAt })), [s1, s2]);
+    expect(verifyForNode(issued, ring, facts()).highWater?.toISOString()).toBe(signedAt.toISOString());
+    expect(verifyForNode(good, ring, facts({ highWater: signedAt })).highWater?.toISOString()).toBe(signedAt.toISOString());
+    expect(code(() => verifyForNode(good, ring, facts({ highWater: signedAt })))).toBe("OK"); // the clock back to normal
+  });
+
+  it("checks the signed allowedFrom rules against the committed version", () => {
+    const only = (allowedFrom: string[]) => signEnvelope(encodeManifest(manifest({ allowedFrom })), [s1, s2]);
+    expect(code(() => verifyForNode(only(["v1.33"]), ring, facts()))).toBe("OK");
+    expect(code(() => verifyForNode(only(["v1.33.5"]), ring, facts()))).toBe("OK");
+    expect(code(() => verifyForNode(only(["v1.33.4", "v1.32"]), ring, facts()))).toBe("NOT_ALLOWED_FROM");
+  });
+
+  it("has an anti-rollback floor from the first boot: an unknown running version is refused", () => {
+    expect(code(() => verifyForNode(good, ring, facts({ committedVersion: undefined })))).toBe("NO_ROLLBACK_FLOOR");
+  });
+
+  it("refuses manifests whose fields have the wrong JSON type, or a time without a zone", () => {
+    const json = JSON.parse(encodeManifest(manifest()).toString()) as Record<string, unknown>;
+    const bad = (patch: Record<string, unknown>) => signEnvelope(Buffer.from(JSON.stringify({ ...json, ...patch })), [s1, s2]);
+    expect(() => verifyForNode(bad({ allowedFrom: "v1.33" }), ring, facts())).toThrow(/allowedFrom must be a list of strings/);
+    expect(() => verifyForNode(bad({ version: 1.34 }), ring, facts())).toThrow(/version must be a string/);
+    expect(() => verifyForNode(bad({ expires: "2027-01-01T00:00:00" }), ring, facts())).toThrow(/with a zone/);
+    expect(() => verifyForNode(bad({ images: [{ ...(json.images as object[])[0], rawSize: "20x" }] }), ring, facts())).toThrow(/rawSize/);
+    expect(code(() => verifyForNode(bad({ expires: "2027-01-01T00:00:00+02:00" }), ring, facts()))).toBe("OK");
+  });
+
+  it("accepts the same version again (a re-install)", () => {
     expect(code(() => verifyForNode(good, ring, facts({ committedVersion: "v1.34.6" })))).toBe("OK");
-    expect(code(() => verifyForNode(good, ring, facts({ committedVersion: undefined })))).toBe("OK");
   });
 });

@@ -3,7 +3,7 @@
 // most one (kubeadm skew), B is not blocked, the edge is not blocked, B's allowed-from
 // admits A, and B has an image for the board asked about.
 import { failedPrecondition, notFound } from "@ferry/runtime";
-import { compareVersions, parseMinor, parseVersion, type Version } from "@ferry/release";
+import { allowedFromAdmits, compareVersions, parseMinor, parseVersion, type Version } from "@ferry/release";
 
 export interface GraphRelease {
   version: string;
@@ -39,17 +39,11 @@ export function edgeRejection(from: Version, to: Node, view: CatalogView, board?
   if (to.r.blocked) return `${to.r.version} is blocked${to.r.blockReason ? `: ${to.r.blockReason}` : ""}`;
   const blocked = view.blockedEdges.get(edgeKey(from.raw, to.r.version));
   if (blocked !== undefined) return `the edge ${from.raw} → ${to.r.version} is blocked${blocked ? `: ${blocked}` : ""}`;
-  if (to.r.allowedFrom.length > 0 && !to.r.allowedFrom.some((a) => admits(a, from))) {
+  if (to.r.allowedFrom.length > 0 && !allowedFromAdmits(to.r.allowedFrom, from)) {
     return `${to.r.version} may only be installed over ${to.r.allowedFrom.join(", ")}`;
   }
   if (board !== undefined && !to.r.boards.includes(board)) return `${to.r.version} has no image for board ${board}`;
   return undefined;
-}
-
-function admits(rule: string, v: Version): boolean {
-  const minor = parseMinor(rule);
-  if (minor) return minor.major === v.major && minor.minor === v.minor;
-  return rule === v.raw;
 }
 
 function nodes(view: CatalogView): Node[] {

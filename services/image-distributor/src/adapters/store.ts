@@ -3,12 +3,13 @@
 //   <dir>/blobs/<hex>     committed, digest-verified blobs (never modified)
 //   <dir>/partial/<hex>   a fill in progress (never served once the fill is abandoned)
 //   <dir>/tmp/            imports being written
-//   <dir>/index.json      registrations, pins, last access (atomic write: tmp + fsync + rename)
+//   <dir>/index.json      registrations, pins, last access (writeFileAtomic: tmp + fsync + rename + directory fsync)
 import { randomBytes } from "node:crypto";
 import { mkdirSync, readdirSync, readFileSync, rmSync, statSync } from "node:fs";
 import { open, rename, rm, stat, unlink } from "node:fs/promises";
 import { join } from "node:path";
 import { DiskFullError } from "../errors.ts";
+import { fsyncDir, isTempPath, writeFileAtomic } from "@ferry/runtime";
 
 export interface BlobEntry {
   digest: string;
@@ -54,6 +55,7 @@ export class BlobStore {
     for (const sub of ["blobs", "partial", "tmp"]) mkdirSync(join(this.dir, sub), { recursive: true });
     rmSync(join(this.dir, "tmp"), { recursive: true, force: true });
     mkdirSync(join(this.dir, "tmp"));
+    for (const name of readdirSync(this.dir)) if (isTempPath(name)) rmSync(join(this.dir, name), { force: true }); // an interrupted index write
     let index: IndexFile = { version: 1, blobs: {} };
     try {
       index = JSON.parse(readFileSync(join(this.dir, "index.json"), "utf8")) as IndexFile;
@@ -168,9 +170,7 @@ export class BlobStore {
     await fh.sync();
     await fh.close();
     await rename(from, this.blobPath(d));
-    const dirFh = await open(join(this.dir, "blobs"), "r");
-    await dirFh.sync();
-    await dirFh.close();
+    await fsyncDir(join(this.dir, "blobs"));
     const e = this.entry(d);
     e.cached = true;
     e.size = size;
@@ -214,12 +214,7 @@ export class BlobStore {
         if (!e.cached && e.sources.length === 0 && e.pins.length === 0 && e.size === undefined) continue;
         doc.blobs[e.digest] = { ...(e.size !== undefined ? { size: e.size } : {}), sources: e.sources, pins: e.pins, lastAccess: e.lastAccess };
       }
-      const tmp = join(this.dir, "index.json.tmp");
-      const fh = await open(tmp, "w");
-      await fh.writeFile(JSON.stringify(doc));
-      await fh.sync();
-      await fh.close();
-      await rename(tmp, join(this.dir, "index.json"));
+      await writeFileAtomic(join(this.dir, "index.json"), JSON.stringify(doc));
     });
     return this.#saving;
   }

@@ -4,13 +4,26 @@
 // the outbox; the per-node sequence is monotonic and never reused, across restarts and
 // after the delivered part of the outbox is compacted away.
 import { EventEmitter } from "node:events";
-import { open, readFile, rename, writeFile } from "node:fs/promises";
-import { join } from "node:path";
+import { open, readFile, stat } from "node:fs/promises";
+import { dirname, join } from "node:path";
 import { jetstream } from "@nats-io/jetstream";
 import { headers, type NatsConnection } from "@nats-io/nats-core";
 import { events } from "@ferry/proto";
 import { eventMsgId, eventSubject } from "@ferry/messaging";
-import { sleep } from "@ferry/runtime";
+import { fsyncDir, sleep, writeFileAtomic } from "@ferry/runtime";
+
+/** Puts one event on the bus; resolves once it is stored (JetStream's ack). */
+export type PublishFn = (subject: string, data: Uint8Array, msgId: string) => Promise<void>;
+
+/** JetStream publishing with the server's dedupe header. */
+export function jetstreamPublisher(nc: NatsConnection): PublishFn {
+  const js = jetstream(nc, { timeout: 5000 });
+  return async (subject, data, msgId) => {
+    const h = headers();
+    h.set("Nats-Msg-Id", msgId);
+    await js.publish(subject, data, { headers: h });
+  };
+}
 
 interface Cursor {
   /** Highest sequence ever assigned. */
@@ -39,10 +52,19 @@ export class Outbox extends EventEmitter<{ event: [events.StepEvent]; delivered:
 
   /** Loads the cursor and whatever the outbox still holds (a torn last line is dropped). */
   async open(): Promise<void> {
+    let cursorText: string | undefined;
     try {
-      this.#cursor = JSON.parse(await readFile(this.#cursorFile, "utf8")) as Cursor;
-    } catch {
-      // first start
+      cursorText = await readFile(this.#cursorFile, "utf8");
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== "ENOENT") throw err;
+    }
+    if (cursorText !== undefined) {
+      // Written atomically, so never torn: anything else is damage that would restart the
+      // sequence (and make the planner drop this node's new events as duplicates).
+      const c = JSON.parse(cursorText) as Partial<Cursor>;
+      if (!Number.isSafeInteger(c.lastSeq) || !Number.isSafeInteger(c.delivered))
+        throw new Error(`${this.#cursorFile} is damaged (${cursorText.slice(0, 80)}); refusing to restart the event sequence`);
+      this.#cursor = { lastSeq: c.lastSeq!, delivered: c.delivered! };
     }
     let text = "";
     try {
@@ -81,6 +103,10 @@ export class Outbox extends EventEmitter<{ event: [events.StepEvent]; delivered:
   append(e: Omit<events.StepEvent, "seq" | "time" | "node">): Promise<events.StepEvent> {
     const run = this.#appending.then(async () => {
       const full: events.StepEvent = { ...e, node: this.node, seq: this.#cursor.lastSeq + 1, time: new Date() };
+      const created = await stat(this.#file).then(
+        () => false,
+        () => true,
+      );
       const fh = await open(this.#file, "a");
       try {
         await fh.appendFile(`${JSON.stringify(events.StepEvent.toJSON(full))}\n`);
@@ -88,6 +114,7 @@ export class Outbox extends EventEmitter<{ event: [events.StepEvent]; delivered:
       } finally {
         await fh.close();
       }
+      if (created) await fsyncDir(dirname(this.#file)); // the new name survives a power cut too
       this.#cursor.lastSeq = full.seq;
       this.#pending.push(full);
       this.#remember(full);
@@ -101,10 +128,8 @@ export class Outbox extends EventEmitter<{ event: [events.StepEvent]; delivered:
     return run;
   }
 
-  async #saveCursor(): Promise<void> {
-    const tmp = `${this.#cursorFile}.tmp`;
-    await writeFile(tmp, JSON.stringify(this.#cursor));
-    await rename(tmp, this.#cursorFile);
+  #saveCursor(): Promise<void> {
+    return writeFileAtomic(this.#cursorFile, JSON.stringify(this.#cursor));
   }
 
   /**
@@ -116,9 +141,7 @@ export class Outbox extends EventEmitter<{ event: [events.StepEvent]; delivered:
     const run = this.#appending.then(async () => {
       await this.#saveCursor();
       const keep = this.#pending.map((e) => `${JSON.stringify(events.StepEvent.toJSON(e))}\n`).join("");
-      const tmp = `${this.#file}.tmp`;
-      await writeFile(tmp, keep);
-      await rename(tmp, this.#file);
+      await writeFileAtomic(this.#file, keep);
     });
     this.#appending = run.then(
       () => undefined,
@@ -131,8 +154,7 @@ export class Outbox extends EventEmitter<{ event: [events.StepEvent]; delivered:
    * Delivers pending events in order until `signal` aborts; waits and retries while NATS
    * is unreachable. The server dedupes by Nats-Msg-Id; consumers also dedupe by seq.
    */
-  async deliver(nc: NatsConnection, signal: AbortSignal, retryMs = 500): Promise<void> {
-    const js = jetstream(nc, { timeout: 5000 });
+  async deliver(publish: PublishFn, signal: AbortSignal, retryMs = 500): Promise<void> {
     while (!signal.aborted) {
       const next = this.#pending[0];
       if (!next) {
@@ -148,9 +170,7 @@ export class Outbox extends EventEmitter<{ event: [events.StepEvent]; delivered:
         continue;
       }
       try {
-        const h = headers();
-        h.set("Nats-Msg-Id", eventMsgId(this.node, next.seq));
-        await js.publish(eventSubject(next.upgradeId, this.node), events.StepEvent.encode(next).finish(), { headers: h });
+        await publish(eventSubject(next.upgradeId, this.node), events.StepEvent.encode(next).finish(), eventMsgId(this.node, next.seq));
       } catch {
         await sleep(retryMs, signal).catch(() => undefined);
         continue;

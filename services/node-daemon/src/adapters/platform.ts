@@ -5,10 +5,9 @@ import { readFile } from "node:fs/promises";
 import { promisify } from "node:util";
 import { request } from "./http.ts";
 import { GrubEnv } from "./bootloader/grub.ts";
-import type { SlotName } from "./bootloader/types.ts";
+import type { Platform, SlotName } from "../steps/ports.ts";
 import { UBootEnv } from "./bootloader/uboot.ts";
 import type { Config } from "../config.ts";
-import type { Platform } from "../steps/runner.ts";
 
 const exec = promisify(execCb);
 
@@ -30,6 +29,7 @@ export function createPlatform(c: Config, reboot: () => Promise<void>): Platform
   return {
     bootloader,
     slotPath: (s: SlotName) => (s === "A" ? c.slotA : c.slotB),
+    slotKind: c.slotKind,
     bootedSlot: async () => {
       const m = /^BOOT_PART=(A|B)\s*$/m.exec(await readFile(c.bootStateFile, "utf8"));
       if (!m) throw new Error(`${c.bootStateFile} names no BOOT_PART=A|B`);

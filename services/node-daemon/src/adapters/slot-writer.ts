@@ -10,17 +10,9 @@ import { open, realpath, stat } from "node:fs/promises";
 import { Readable, Transform, Writable } from "node:stream";
 import { pipeline } from "node:stream/promises";
 import { request } from "./http.ts";
-import type { events } from "@ferry/proto";
+import type { FaultPoint, ImageSpec } from "../steps/ports.ts";
 import { FerryError, Reclaimer, sleep } from "@ferry/runtime";
 import { decompressor, hashFilePrefix } from "@ferry/release";
-
-export interface ImageSpec {
-  format: events.Compression;
-  compressedSize: number;
-  compressedSha256: string;
-  rawSize: number;
-  rawSha256: string;
-}
 
 export interface WriteProgress {
   /** Raw bytes written to the slot. */
@@ -45,6 +37,8 @@ export interface WriteSlotOptions {
   retries?: number;
   /** Size of each of the two slot write buffers (default 1 MiB). */
   bufferBytes?: number;
+  /** Called after each write to the slot (the schedule explorer's kill points). */
+  fault?: FaultPoint;
 }
 
 export class SlotWriteError extends FerryError {
@@ -52,6 +46,24 @@ export class SlotWriteError extends FerryError {
     super("failed_precondition", code, message);
     this.name = "SlotWriteError";
   }
+}
+
+/**
+ * A slot must already exist and be what the configuration says it is: a block device on a
+ * board, a regular file only on a simulated board. Anything else is refused before any write
+ * (a missing partition must never be "written" as a new regular file).
+ */
+export async function checkSlot(slotPath: string, kind: "block" | "file"): Promise<void> {
+  let st;
+  try {
+    st = await stat(slotPath);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === "ENOENT") throw new SlotWriteError("SLOT_MISSING", `the slot ${slotPath} does not exist`);
+    throw new SlotWriteError("SLOT_UNREADABLE", `the slot ${slotPath} cannot be checked: ${(err as Error).message}`);
+  }
+  if (kind === "block" && !st.isBlockDevice())
+    throw new SlotWriteError("SLOT_NOT_BLOCK_DEVICE", `the slot ${slotPath} is not a block device (FERRY_SLOT_KIND=block)`);
+  if (kind === "file" && !st.isFile()) throw new SlotWriteError("SLOT_NOT_FILE", `the slot ${slotPath} is not a regular file (FERRY_SLOT_KIND=file)`);
 }
 
 /** Refuses to treat the active slot (same path, same inode or same device) as the target. */
@@ -118,7 +130,10 @@ export async function writeSlot(o: WriteSlotOptions): Promise<{ rawSha256: strin
   const rHash = createHash("sha256");
   let written = 0;
   let lastReport = 0;
-  const fh = await open(o.slotPath, "r+").catch(() => open(o.slotPath, "w"));
+  // "r+": never create. A slot that does not exist is an error, not a new file.
+  const fh = await open(o.slotPath, "r+").catch((err: NodeJS.ErrnoException) => {
+    throw err.code === "ENOENT" ? new SlotWriteError("SLOT_MISSING", `the slot ${o.slotPath} does not exist`) : err;
+  });
   // Two buffers: one is written to the slot while the decoder fills the other.
   const bufs = [Buffer.allocUnsafe(bufSize), Buffer.allocUnsafe(bufSize)];
   let cur = 0;
@@ -128,6 +143,7 @@ export async function writeSlot(o: WriteSlotOptions): Promise<{ rawSha256: strin
     let off = 0;
     while (off < len) off += (await fh.write(b, off, len - off, at + off)).bytesWritten;
     written = Math.max(written, at + len);
+    await o.fault?.("write-slot");
     const now = Date.now();
     if (o.onProgress && (now - lastReport >= 250 || written === o.image.rawSize)) {
       lastReport = now;

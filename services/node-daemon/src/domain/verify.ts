@@ -1,13 +1,22 @@
 // The node's check of a release before anything is written (safety invariant 6): a
 // threshold of trusted signatures over the exact manifest bytes, an image for this board,
 // not older than the committed version (anti-rollback: content that must go back is
-// republished under a newer version), and not expired against a trusted time that never
-// goes backwards (max of the clock and the saved high-water mark, so an RTC reset to 1970
-// cannot revive an expired release).
+// republished under a newer version), admitted by the signed allowedFrom rules, and not
+// expired against a trusted time.
+//
+// Time (Fuchsia RFC-0134's backstop, TUF's "latest securely attested time"): the board's
+// clock may be wrong either way. The trusted time is the latest of the clock, the backstop
+// (this daemon's release date) and the high-water mark — and the high-water mark is raised
+// only from signed times (the issuedAt of releases the node verified), never from the
+// local clock. So a clock reset to 1970 cannot revive an expired release, and a clock set
+// to 2099 refuses expiring releases only while it is wrong: it leaves nothing behind.
 import { FerryError } from "@ferry/runtime";
 import type { events } from "@ferry/proto";
-import { compareVersions, imageFor, isExpired, parseManifest, type BoardImage, type ReleaseManifest } from "@ferry/release";
+import { allowedFromAdmits, compareVersions, imageFor, isExpired, parseManifest, type BoardImage, type ReleaseManifest } from "@ferry/release";
 import { verifyEnvelope, type Keyring } from "@ferry/signing";
+
+/** This daemon's release date: the earliest time the board can be at. Raise it with every release. */
+export const BACKSTOP_TIME = new Date("2026-12-01T00:00:00Z");
 
 export class RefusedError extends FerryError {
   constructor(code: string, message: string) {
@@ -18,23 +27,28 @@ export class RefusedError extends FerryError {
 
 export interface NodeFacts {
   board: string;
-  /** The committed version; undefined on a board never upgraded by Ferry. */
+  /** The committed version (the anti-rollback floor); undefined when the board's version is unknown. */
   committedVersion: string | undefined;
   now: Date;
-  /** Latest trusted time seen before (persisted by the node). */
+  /** The latest securely attested time seen before (persisted by the node). */
   highWater: Date | undefined;
+  backstop?: Date;
 }
 
 export interface VerifiedForNode {
   manifest: ReleaseManifest;
   image: BoardImage;
   keyIds: string[];
-  /** The trusted time used, to persist as the new high-water mark. */
-  trustedTime: Date;
+  /** The new high-water mark to persist: the latest attested time, now including this release's issuedAt. */
+  highWater: Date | undefined;
 }
 
-export function trustedTime(now: Date, highWater: Date | undefined): Date {
-  return highWater && highWater.getTime() > now.getTime() ? highWater : now;
+const latest = (...ds: Array<Date | undefined>): Date | undefined =>
+  ds.reduce<Date | undefined>((a, d) => (d && (!a || d.getTime() > a.getTime()) ? d : a), undefined);
+
+/** The time expiry is checked against: the latest of the clock, the backstop and the attested high-water mark. */
+export function trustedTime(now: Date, highWater: Date | undefined, backstop = BACKSTOP_TIME): Date {
+  return latest(now, highWater, backstop)!;
 }
 
 export function verifyForNode(envelope: events.SignedEnvelope | undefined, keyring: Keyring, facts: NodeFacts): VerifiedForNode {
@@ -57,15 +71,35 @@ export function verifyForNode(envelope: events.SignedEnvelope | undefined, keyri
       `release ${manifest.version} has no image for board ${facts.board} (it has ${manifest.images.map((i) => i.board).join(", ")})`,
     );
   }
-  if (facts.committedVersion && compareVersions(manifest.version, facts.committedVersion) < 0) {
-    throw new RefusedError("ROLLBACK", `release ${manifest.version} is older than the committed ${facts.committedVersion}; anti-rollback refuses it`);
-  }
-  const t = trustedTime(facts.now, facts.highWater);
-  if (isExpired(manifest, t)) {
+  if (!facts.committedVersion) {
     throw new RefusedError(
-      "RELEASE_EXPIRED",
-      `release ${manifest.version} expired at ${manifest.expires!.toISOString()} (trusted time ${t.toISOString()})`,
+      "NO_ROLLBACK_FLOOR",
+      "this board's running version is unknown, so anti-rollback has no floor: set FERRY_OS_VERSION or give the OS an /etc/os-release with VERSION_ID",
     );
   }
-  return { manifest, image, keyIds, trustedTime: t };
+  if (compareVersions(manifest.version, facts.committedVersion) < 0) {
+    throw new RefusedError("ROLLBACK", `release ${manifest.version} is older than the committed ${facts.committedVersion}; anti-rollback refuses it`);
+  }
+  if (!allowedFromAdmits(manifest.allowedFrom, facts.committedVersion)) {
+    throw new RefusedError(
+      "NOT_ALLOWED_FROM",
+      `release ${manifest.version} may only be installed over ${manifest.allowedFrom.join(", ")}; this board runs ${facts.committedVersion}`,
+    );
+  }
+  const backstop = facts.backstop ?? BACKSTOP_TIME;
+  const attested = latest(facts.highWater, backstop)!;
+  if (isExpired(manifest, attested)) {
+    throw new RefusedError(
+      "RELEASE_EXPIRED",
+      `release ${manifest.version} expired at ${manifest.expires!.toISOString()} (the latest attested time is ${attested.toISOString()}, whatever the board's clock says)`,
+    );
+  }
+  if (isExpired(manifest, facts.now)) {
+    throw new RefusedError(
+      "RELEASE_EXPIRED",
+      `release ${manifest.version} expired at ${manifest.expires!.toISOString()} by the board's clock (${facts.now.toISOString()}); ` +
+        `the latest attested time is ${attested.toISOString()}: if the clock is wrong, set it and retry`,
+    );
+  }
+  return { manifest, image, keyIds, highWater: latest(facts.highWater, manifest.issuedAt) };
 }

@@ -8,9 +8,8 @@ import { readFile, mkdir, open, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { randomBytes } from "node:crypto";
 import { powerOn } from "../adapters/bootloader/power-on.ts";
-import type { SlotName } from "../adapters/bootloader/types.ts";
+import type { Platform, SlotName } from "../steps/ports.ts";
 import { UBootEnv } from "../adapters/bootloader/uboot.ts";
-import type { Platform } from "../steps/runner.ts";
 
 export type Behaviour = "healthy" | "unhealthy" | "noboot";
 
@@ -105,6 +104,7 @@ export class SimBoard {
     return {
       bootloader: this.bootloader,
       slotPath: (s) => this.slotPath(s),
+      slotKind: "file",
       bootedSlot: async () => {
         const m = /BOOT_PART=(A|B)/.exec(await readFile(join(this.dir, "run", "boot-state.env"), "utf8"));
         if (!m) throw new Error("boot-state.env names no BOOT_PART");

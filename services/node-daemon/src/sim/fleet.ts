@@ -118,6 +118,7 @@ export class SimFleet {
       hopIndex: b.assignment?.hopIndex ?? 0,
       lastSeq: b.seq,
       message: b.message,
+      nats: "connected",
     };
   }
 

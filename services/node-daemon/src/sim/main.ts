@@ -34,6 +34,7 @@ const env = {
   ...process.env,
   FERRY_SLOT_A: board.slotPath("A"),
   FERRY_SLOT_B: board.slotPath("B"),
+  FERRY_SLOT_KIND: "file",
   FERRY_BOOT_STATE_FILE: join(dir, "run", "boot-state.env"),
   FERRY_BOOTLOADER: "uboot",
   FERRY_UBOOT_CONFIG: join(dir, "fw_env.config"),

@@ -330,5 +330,7 @@ export function desiredAssignment(
     commitAllowed: g.commitGranted,
     cancel: u.cancelRequested && !g.rebootGranted,
     updatedAt: undefined,
+    // Fencing by the leader's term is not written yet: 0 is accepted by every node.
+    term: 0,
   };
 }

@@ -3,7 +3,8 @@
 // The grub.cfg on the device implements the same counting as U-Boot (see types.ts).
 import { execFile } from "node:child_process";
 import { promisify } from "node:util";
-import { checkEnvVars, parseBootState, parseEnvListing, toolError, type Bootloader, type BootState } from "./types.ts";
+import type { Bootloader, BootState } from "../../steps/ports.ts";
+import { checkEnvVars, parseBootState, parseEnvListing, toolError } from "./types.ts";
 
 const exec = promisify(execFile);
 

@@ -2,7 +2,7 @@
 // simulated board): with upgrade_available=1 it counts the trial boot in the environment;
 // past bootlimit it runs altbootcmd, which swaps boot_part, clears upgrade_available and
 // saves; otherwise (no trial) it keeps bootcount=1 in memory only and writes nothing.
-import { otherSlot, type Bootloader, type SlotName } from "./types.ts";
+import { otherSlot, type Bootloader, type SlotName } from "../../steps/ports.ts";
 
 export interface PowerOnResult {
   /** The slot the bootloader boots. */

@@ -1,30 +1,10 @@
-// The A/B boot state every bootloader adapter exposes, with U-Boot's semantics
-// (CONFIG_BOOTCOUNT_LIMIT with an env-backed count):
-//   boot_part          the slot to boot (A|B)
-//   upgrade_available  1 while a trial boot is armed: only then does the bootloader count
-//   bootcount          trial boots so far (written 0 when arming; U-Boot keeps 1 in memory on normal boots)
-//   bootlimit          trial boots allowed; the next one runs altbootcmd (fall back)
-// Every change is ONE write of all its variables, so a power cut leaves either the old
-// or the new state (with a redundant environment, never U-Boot's defaults).
+// Helpers shared by the bootloader adapters: parsing the tools' listings into the A/B boot
+// state (the Bootloader port, steps/ports.ts) and refusing values that would corrupt an
+// environment write. Every change is ONE write of all its variables, so a power cut leaves
+// either the old or the new state (with a redundant environment, never U-Boot's defaults).
 
-export type SlotName = "A" | "B";
+import type { BootState } from "../../steps/ports.ts";
 
-export interface BootState {
-  bootPart: SlotName;
-  upgradeAvailable: boolean;
-  bootcount: number;
-  bootlimit: number;
-}
-
-export interface Bootloader {
-  readonly kind: "uboot" | "grub";
-  /** Reads the current state; throws BootEnvError when the variables are missing or invalid. */
-  read(): Promise<BootState>;
-  /** Writes variables in one write (all or nothing). */
-  write(vars: Record<string, string>): Promise<void>;
-}
-
-export const otherSlot = (s: SlotName): SlotName => (s === "A" ? "B" : "A");
 
 export class BootEnvError extends Error {
   override name = "BootEnvError";
@@ -62,19 +42,4 @@ export function parseBootState(vars: Map<string, string>): BootState {
     return Number(v);
   };
   return { bootPart: part, upgradeAvailable: vars.get("upgrade_available") === "1", bootcount: int("bootcount", 0), bootlimit: int("bootlimit", 3) };
-}
-
-/** Arms a trial boot of `slot`: one write of boot_part, upgrade_available=1, bootcount=0. */
-export async function armTrial(b: Bootloader, slot: SlotName): Promise<void> {
-  await b.write({ boot_part: slot, upgrade_available: "1", bootcount: "0" });
-}
-
-/** Marks the booted trial good: upgrade_available=0 and bootcount=0 in one write. */
-export async function markGood(b: Bootloader): Promise<void> {
-  await b.write({ upgrade_available: "0", bootcount: "0" });
-}
-
-/** Points back at `slot` with no trial armed, in one write (a rollback from userspace). */
-export async function revertTo(b: Bootloader, slot: SlotName): Promise<void> {
-  await b.write({ boot_part: slot, upgrade_available: "0", bootcount: "0" });
 }

@@ -8,7 +8,8 @@ import { rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { promisify } from "node:util";
-import { checkEnvVars, parseBootState, parseEnvListing, toolError, type Bootloader, type BootState } from "./types.ts";
+import type { Bootloader, BootState } from "../../steps/ports.ts";
+import { checkEnvVars, parseBootState, parseEnvListing, toolError } from "./types.ts";
 
 const exec = promisify(execFile);
 

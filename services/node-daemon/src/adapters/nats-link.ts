@@ -1,0 +1,106 @@
+// The daemon's link to NATS, retried step by step forever: connect, open the buckets, start
+// the outbox delivery and the heartbeat, watch the assignment. Any step that fails (NATS
+// away, JetStream not ready yet, a watch that ends) closes the session and starts it again
+// after a backoff; the link's state names the failing step, for the heartbeat and GetStatus.
+import { events } from "@ferry/proto";
+import { BUCKETS, connectNats, openBucket, type KV, type NatsConnection } from "@ferry/messaging";
+import { Backoff, type Logger } from "@ferry/runtime";
+import { jetstreamPublisher, type Outbox } from "./outbox.ts";
+
+export interface NatsLinkOptions {
+  url: string;
+  node: string;
+  outbox: Outbox;
+  heartbeatMs: number;
+  log: Logger;
+  signal: AbortSignal;
+  /** The status to heartbeat. */
+  status: () => Promise<events.NodeStatus>;
+  /** The assignment watch delivered a value (undefined: deleted, purged or unreadable). */
+  onAssignment: (a: events.Assignment | undefined) => Promise<void>;
+}
+
+export class NatsLink {
+  readonly #o: NatsLinkOptions;
+  #state = "connecting";
+  #nodes: KV | undefined;
+  #nc: NatsConnection | undefined;
+
+  constructor(o: NatsLinkOptions) {
+    this.#o = o;
+  }
+
+  /** "connected", or the step that is failing and why. */
+  get state(): string {
+    return this.#state;
+  }
+
+  /** Runs until the signal aborts. */
+  async run(): Promise<void> {
+    const backoff = new Backoff({ initialMs: 500, maxMs: 15_000 });
+    while (!this.#o.signal.aborted) {
+      let step = "connect";
+      const session = new AbortController();
+      const stop = () => session.abort();
+      this.#o.signal.addEventListener("abort", stop, { once: true });
+      try {
+        this.#nc = await connectNats({ url: this.#o.url, name: `ferry-node-daemon ${this.#o.node}`, connectTimeoutMs: 3000 });
+        const nc = this.#nc;
+        void nc.closed().then(stop);
+        step = `open bucket ${BUCKETS.nodes}`;
+        this.#nodes = await openBucket(nc, BUCKETS.nodes, { description: "Ferry node status, one key per node, written by that node" });
+        step = `open bucket ${BUCKETS.assignments}`;
+        const assignments = await openBucket(nc, BUCKETS.assignments, { description: "Ferry assignments, one key per node, written by the planner" });
+        step = "deliver events";
+        void this.#o.outbox.deliver(jetstreamPublisher(nc), session.signal).catch((err: unknown) => {
+          this.#o.log.warn({ err: (err as Error).message }, "event delivery stopped; restarting the NATS session");
+          stop();
+        });
+        const timer = setInterval(() => void this.heartbeat(), this.#o.heartbeatMs);
+        session.signal.addEventListener("abort", () => clearInterval(timer), { once: true });
+        step = "heartbeat";
+        await this.heartbeat(true);
+        step = "watch assignment";
+        const watcher = await assignments.watch({ key: this.#o.node });
+        session.signal.addEventListener("abort", () => watcher.stop(), { once: true });
+        this.#state = "connected";
+        backoff.reset();
+        this.#o.log.info("NATS session up: heartbeating, watching the assignment, delivering events");
+        for await (const e of watcher) {
+          let a: events.Assignment | undefined;
+          try {
+            a = e.operation === "PUT" && e.value.length > 0 ? events.Assignment.decode(e.value) : undefined;
+          } catch (err) {
+            this.#o.log.warn({ err: (err as Error).message }, "unreadable assignment; keeping the grant already held");
+            a = undefined;
+          }
+          await this.#o.onAssignment(a);
+        }
+        if (!this.#o.signal.aborted) throw new Error("the assignment watch ended");
+      } catch (err) {
+        if (this.#o.signal.aborted) break;
+        this.#state = `${step}: ${(err as Error).message}`;
+        this.#o.log.warn({ step, err: (err as Error).message }, "NATS session failed; retrying (events wait in the outbox)");
+      } finally {
+        stop();
+        this.#o.signal.removeEventListener("abort", stop);
+        this.#nodes = undefined;
+        await this.#nc?.close().catch(() => undefined);
+        this.#nc = undefined;
+      }
+      await backoff.wait(this.#o.signal).catch(() => undefined);
+    }
+  }
+
+  /** Writes the status now (when a session is up). */
+  async heartbeat(mustSucceed = false): Promise<void> {
+    const kv = this.#nodes;
+    if (!kv) return;
+    try {
+      await kv.put(this.#o.node, events.NodeStatus.encode(await this.#o.status()).finish());
+    } catch (err) {
+      if (mustSucceed) throw err;
+      this.#o.log.debug({ err: (err as Error).message }, "heartbeat not written");
+    }
+  }
+}

@@ -1,0 +1,224 @@
+// The daemon's decisions between the planner and the runner, level-triggered: the desired
+// state (the newest assignment, fenced by the planner's term) is compared with the actual
+// state (journal, committed state) on every change, when a run ends, and on a timer.
+//   a run is in progress            → it continues; another assignment is answered "busy"
+//   a journal exists, nothing runs  → resume it (with the grant it persisted)
+//   an assignment asks for a hop    → start it, or answer why not (done already, already there)
+// Gates are closed unless granted: the runner sees a grant only from an assignment for its
+// own run; a deleted or unreadable assignment is "keep waiting", never a grant.
+import { events } from "@ferry/proto";
+import { MANUAL_UPGRADE_ID } from "@ferry/messaging";
+import { parseManifest } from "@ferry/release";
+import type { AtomicJsonFile, Logger } from "@ferry/runtime";
+import type { EmitFn, Gates, Grant, InstallRequest, Journal, NodeState, RunOutcome } from "./steps/ports.ts";
+import { InstallError, type Runner } from "./steps/runner.ts";
+import { StepName } from "./steps/registry.ts";
+
+export interface ControllerOptions {
+  runner: Runner;
+  journal: AtomicJsonFile<Journal>;
+  state: AtomicJsonFile<NodeState>;
+  emit: EmitFn;
+  board: string;
+  log: Logger;
+  /** Called when a run ends (for a heartbeat). */
+  onRunEnd?: (outcome: RunOutcome | undefined) => void;
+  /** After a run asked for a reboot, how long to wait for the OS to go down before resuming anyway. */
+  rebootGraceMs?: number;
+  now?: () => number;
+}
+
+const { StepState } = events;
+const runKey = (upgradeId: string, hopIndex: number) => `${upgradeId}/${hopIndex}`;
+
+/** The grant an assignment carries. */
+export function grantOf(a: events.Assignment): Grant {
+  return {
+    upgradeId: a.upgradeId,
+    hopIndex: a.hopIndex,
+    term: Number(a.term ?? 0),
+    rebootAllowed: a.rebootAllowed,
+    commitAllowed: a.commitAllowed,
+    cancel: a.cancel,
+    local: false,
+  };
+}
+
+/** Download URLs for an assignment: each distributor, then the origin when allowed. */
+export function assignmentUrls(a: events.Assignment, board: string): string[] {
+  const urls = a.distributorUrls.map((u) => `${u.replace(/\/+$/, "")}/blobs/sha256/${a.blobDigest}`);
+  if (a.originFallback && a.envelope) {
+    try {
+      const origin = parseManifest(a.envelope.manifest).images.find((i) => i.board === board)?.url;
+      if (origin) urls.push(origin);
+    } catch {
+      // verification refuses the manifest and says why
+    }
+  }
+  return urls;
+}
+
+export class DaemonController {
+  readonly #o: ControllerOptions;
+  #assignment: events.Assignment | undefined;
+  #running: Promise<RunOutcome> | undefined;
+  #lastOutcome: RunOutcome | undefined;
+  #reconciling: Promise<void> | undefined;
+  #again = false;
+  /** Assignments answered "busy" during the current run (answered once each). */
+  #answeredBusy = new Set<string>();
+  /** When a run last asked for a reboot: the OS is going down, nothing more is started. */
+  #rebootAskedAt: number | undefined;
+
+  readonly gates: Gates = {
+    latest: (upgradeId, hopIndex) => {
+      const a = this.#assignment;
+      return a && a.upgradeId === upgradeId && a.hopIndex === hopIndex ? grantOf(a) : undefined;
+    },
+  };
+
+  constructor(o: ControllerOptions) {
+    this.#o = o;
+  }
+
+  get assignment(): events.Assignment | undefined {
+    return this.#assignment;
+  }
+
+  get running(): Promise<RunOutcome> | undefined {
+    return this.#running;
+  }
+
+  get lastOutcome(): RunOutcome | undefined {
+    return this.#lastOutcome;
+  }
+
+  /**
+   * The assignment watch delivered a value (undefined: deleted or unreadable). An older term
+   * than the newest seen is refused (a stalled former leader); a newer one is remembered.
+   */
+  async setAssignment(a: events.Assignment | undefined): Promise<void> {
+    if (a) {
+      const state = await this.#o.state.read();
+      const seen = state?.term ?? 0;
+      const term = Number(a.term ?? 0);
+      if (term < seen) {
+        this.#o.log.warn({ upgradeId: a.upgradeId, term, seen }, "refusing an assignment from an older planner term");
+        return;
+      }
+      if (state && term > seen) await this.#o.state.write({ ...state, term });
+    }
+    this.#assignment = a;
+    await this.reconcile();
+  }
+
+  /** Re-evaluates desired against actual; concurrent calls coalesce into one more pass. */
+  reconcile(): Promise<void> {
+    if (this.#reconciling) {
+      this.#again = true;
+      return this.#reconciling;
+    }
+    this.#reconciling = (async () => {
+      try {
+        do {
+          this.#again = false;
+          await this.#reconcileOnce().catch((err: unknown) => this.#o.log.error({ err }, "reconcile failed; retrying on the next change or tick"));
+        } while (this.#again);
+      } finally {
+        this.#reconciling = undefined;
+      }
+    })();
+    return this.#reconciling;
+  }
+
+  /** Starts a run now (manual install or assignment); throws InstallError BUSY when one is in progress. */
+  launch(fn: () => Promise<RunOutcome>): Promise<RunOutcome> {
+    if (this.#running || this.#o.runner.active) throw new InstallError("BUSY", "an install is already in progress");
+    const p = fn();
+    this.#running = p;
+    this.#answeredBusy.clear();
+    p.then(
+      (o) => {
+        this.#lastOutcome = o;
+        if (o === "rebooting") this.#rebootAskedAt = (this.#o.now ?? Date.now)();
+        this.#o.log.info({ outcome: o }, "install step sequence ended");
+      },
+      (err: unknown) => this.#o.log.error({ err }, "install stopped; the journal keeps it for the next attempt"),
+    ).finally(() => {
+      if (this.#running === p) this.#running = undefined;
+      this.#o.onRunEnd?.(this.#lastOutcome);
+      void this.reconcile();
+    });
+    return p;
+  }
+
+  async #reconcileOnce(): Promise<void> {
+    const a = this.#assignment;
+    const now = (this.#o.now ?? Date.now)();
+    if (this.#rebootAskedAt !== undefined && now - this.#rebootAskedAt < (this.#o.rebootGraceMs ?? 5 * 60_000)) return;
+    if (this.#running || this.#o.runner.active) {
+      const cur = this.#o.runner.current;
+      if (a && !a.cancel && cur && runKey(cur.upgradeId, cur.hopIndex) !== runKey(a.upgradeId, a.hopIndex)) await this.#answerBusy(a, cur);
+      return;
+    }
+    if (await this.#o.journal.read()) {
+      this.#o.log.info("resuming the install in the journal");
+      void this.launch(() => this.#o.runner.run()).catch(() => undefined);
+      return;
+    }
+    if (!a || a.cancel || a.upgradeId.startsWith(MANUAL_UPGRADE_ID)) return;
+    const s = await this.#o.state.read();
+    if (s?.lastResult && runKey(s.lastResult.upgradeId, s.lastResult.hopIndex ?? 0) === runKey(a.upgradeId, a.hopIndex)) return; // answered already
+    if (s?.committedVersion && s.committedVersion === a.targetVersion) {
+      // Already there: say so, so the planner records the hop instead of waiting for it.
+      await this.#o.state.write({
+        ...s,
+        lastResult: { upgradeId: a.upgradeId, hopIndex: a.hopIndex, version: a.targetVersion, outcome: "committed", code: "ALREADY_THERE", message: "" },
+      });
+      await this.#o.emit({
+        ...this.#eventFor(a, s.committedVersion, StepName.STEP_NAME_REPORT),
+        state: StepState.STEP_STATE_SUCCEEDED,
+        message: `committed ${a.targetVersion} (already running it)`,
+      });
+      return;
+    }
+    this.#o.log.info({ upgradeId: a.upgradeId, hop: a.hopIndex, target: a.targetVersion, term: a.term }, "starting assigned hop");
+    const req: InstallRequest = {
+      upgradeId: a.upgradeId,
+      hopIndex: a.hopIndex,
+      envelope: a.envelope ?? { manifest: Buffer.alloc(0), signatures: [] },
+      urls: assignmentUrls(a, this.#o.board),
+      healthTimeoutSeconds: a.healthTimeoutSeconds || 600,
+      grant: grantOf(a),
+    };
+    void this.launch(() => this.#o.runner.begin(req)).catch(() => undefined);
+  }
+
+  async #answerBusy(a: events.Assignment, cur: Journal): Promise<void> {
+    const key = runKey(a.upgradeId, a.hopIndex);
+    if (this.#answeredBusy.has(key)) return;
+    this.#answeredBusy.add(key);
+    await this.#o.emit({
+      ...this.#eventFor(a, cur.fromVersion, StepName.STEP_NAME_PREFLIGHT),
+      state: StepState.STEP_STATE_SKIPPED,
+      errorCode: "BUSY",
+      message: `busy with ${cur.upgradeId} hop ${cur.hopIndex} (${cur.phase}); this hop starts when it ends`,
+    });
+  }
+
+  #eventFor(a: events.Assignment, fromVersion: string, step: events.StepName): Omit<events.StepEvent, "seq" | "time" | "node" | "state"> {
+    return {
+      upgradeId: a.upgradeId,
+      hopIndex: a.hopIndex,
+      fromVersion,
+      toVersion: a.targetVersion,
+      step,
+      bytesDone: 0,
+      bytesTotal: 0,
+      rate: 0,
+      etaSeconds: 0,
+      message: "",
+      errorCode: "",
+    };
+  }
+}
