@@ -131,6 +131,7 @@ async function main() {
         FERRY_SLOT_B: board.slotPath("B"),
         FERRY_SLOT_KIND: "file",
         FERRY_BOOT_STATE_FILE: join(dir, "board", "run", "boot-state.env"),
+        FERRY_BOOT_ID_FILE: join(dir, "board", "run", "boot-id"),
         FERRY_UBOOT_CONFIG: join(dir, "board", "fw_env.config"),
         FERRY_UBOOT_DEFAULT_ENV: join(dir, "board", "default.env"),
         FERRY_FW_PRINTENV: tools.fwPrintenv,

@@ -108,10 +108,12 @@ export function createApp(config: Config, logger: Logger, over: DaemonOverrides 
     runner,
     journal,
     state,
+    dataDir: config.dataDir,
     emit: async (e) => void (await outbox.append(e)),
     board: config.board,
     log,
     onRunEnd: () => void link.heartbeat(),
+    signal: stop.signal,
   });
   const grpc = new GrpcServer({
     logger: logger.child({ component: "grpc" }),
@@ -130,7 +132,8 @@ export function createApp(config: Config, logger: Logger, over: DaemonOverrides 
         // First start on this board: what runs now is the committed version (the anti-rollback floor).
         const booted = await platform.bootedSlot();
         const version = await runningOsVersion(config);
-        if (!version) log.warn("the running OS version is unknown (no FERRY_OS_VERSION, no VERSION_ID in os-release): installs are refused until it is set");
+        if (!version)
+          log.warn("the running OS version is unknown (no FERRY_OS_VERSION, no VERSION_ID in os-release): installs are refused until it is set");
         await state.write({
           committedVersion: version,
           committedSlot: booted,
@@ -139,7 +142,10 @@ export function createApp(config: Config, logger: Logger, over: DaemonOverrides 
           lastResult: undefined,
         });
       }
-      grpc.add(nodepb.NodeServiceService, nodeService({ board: config.board, distributorUrl: config.distributorUrl, controller, runner, journal, outbox, status, log }));
+      grpc.add(
+        nodepb.NodeServiceService,
+        nodeService({ board: config.board, distributorUrl: config.distributorUrl, controller, runner, journal, outbox, status, log }),
+      );
       await grpc.start();
       grpc.health.set(true); // answers locally whatever NATS does; GetStatus says how NATS is
       // Resume first, with the grant the journal holds: an install in progress continues with or without NATS.

@@ -21,6 +21,7 @@ const vars = {
     "block",
   ),
   bootStateFile: v.string("FERRY_BOOT_STATE_FILE", "file the initramfs writes with BOOT_PART=A|B", "/run/monok8s/boot-state.env"),
+  bootIdFile: v.string("FERRY_BOOT_ID_FILE", "file naming this boot of the OS", "/proc/sys/kernel/random/boot_id"),
   bootloader: v.enumOf("FERRY_BOOTLOADER", "bootloader environment", ["uboot", "grub"] as const, "uboot"),
   ubootConfig: v.string("FERRY_UBOOT_CONFIG", "fw_env.config describing the U-Boot environment", "/etc/fw_env.config"),
   ubootDefaultEnv: v.optionalString("FERRY_UBOOT_DEFAULT_ENV", "default U-Boot environment file for fw_setenv -f"),
@@ -40,7 +41,11 @@ const vars = {
     "FERRY_OS_VERSION",
     "the version the running OS image ships (seeds the committed version before the first Ferry install)",
   ),
-  osReleaseFile: v.string("FERRY_OS_RELEASE_FILE", "os-release of the running OS; its VERSION_ID is the anti-rollback floor when FERRY_OS_VERSION is unset", "/etc/os-release"),
+  osReleaseFile: v.string(
+    "FERRY_OS_RELEASE_FILE",
+    "os-release of the running OS; its VERSION_ID is the anti-rollback floor when FERRY_OS_VERSION is unset",
+    "/etc/os-release",
+  ),
   heartbeatMs: v.int("FERRY_HEARTBEAT_MS", "status heartbeat interval", 5000, 100),
   labels: v.string("FERRY_NODE_LABELS", 'labels reported with the heartbeat for upgrade selectors, "k=v,k2=v2"', ""),
 };

@@ -9,7 +9,8 @@
 import { events } from "@ferry/proto";
 import { MANUAL_UPGRADE_ID } from "@ferry/messaging";
 import { parseManifest } from "@ferry/release";
-import type { AtomicJsonFile, Logger } from "@ferry/runtime";
+import { join } from "node:path";
+import { AtomicJsonFile, type Logger } from "@ferry/runtime";
 import type { EmitFn, Gates, Grant, InstallRequest, Journal, NodeState, RunOutcome } from "./steps/ports.ts";
 import { InstallError, type Runner } from "./steps/runner.ts";
 import { StepName } from "./steps/registry.ts";
@@ -18,6 +19,8 @@ export interface ControllerOptions {
   runner: Runner;
   journal: AtomicJsonFile<Journal>;
   state: AtomicJsonFile<NodeState>;
+  /** The data partition: the newest planner term seen is kept here (term.json), written only by the controller. */
+  dataDir: string;
   emit: EmitFn;
   board: string;
   log: Logger;
@@ -26,6 +29,8 @@ export interface ControllerOptions {
   /** After a run asked for a reboot, how long to wait for the OS to go down before resuming anyway. */
   rebootGraceMs?: number;
   now?: () => number;
+  /** Aborted at shutdown: nothing more is started. */
+  signal?: AbortSignal;
 }
 
 const { StepState } = events;
@@ -73,12 +78,27 @@ export class DaemonController {
   readonly gates: Gates = {
     latest: (upgradeId, hopIndex) => {
       const a = this.#assignment;
-      return a && a.upgradeId === upgradeId && a.hopIndex === hopIndex ? grantOf(a) : undefined;
+      if (!a) return undefined;
+      if (a.upgradeId === upgradeId && a.hopIndex === hopIndex) return grantOf(a);
+      // The planner now wants another hop of this node: this run is superseded, an explicit
+      // instruction (a deletion, by contrast, is only "keep waiting").
+      return {
+        ...grantOf(a),
+        upgradeId,
+        hopIndex,
+        rebootAllowed: false,
+        commitAllowed: false,
+        cancel: true,
+        supersededBy: `${a.upgradeId} hop ${a.hopIndex}`,
+      };
     },
   };
 
+  readonly #term: AtomicJsonFile<{ term: number }>;
+
   constructor(o: ControllerOptions) {
     this.#o = o;
+    this.#term = new AtomicJsonFile(join(o.dataDir, "term.json"));
   }
 
   get assignment(): events.Assignment | undefined {
@@ -99,14 +119,13 @@ export class DaemonController {
    */
   async setAssignment(a: events.Assignment | undefined): Promise<void> {
     if (a) {
-      const state = await this.#o.state.read();
-      const seen = state?.term ?? 0;
+      const seen = (await this.#term.read())?.term ?? 0;
       const term = Number(a.term ?? 0);
       if (term < seen) {
         this.#o.log.warn({ upgradeId: a.upgradeId, term, seen }, "refusing an assignment from an older planner term");
         return;
       }
-      if (state && term > seen) await this.#o.state.write({ ...state, term });
+      if (term > seen) await this.#term.write({ term });
     }
     this.#assignment = a;
     await this.reconcile();
@@ -115,13 +134,15 @@ export class DaemonController {
   /** Re-evaluates desired against actual; concurrent calls coalesce into one more pass. */
   reconcile(): Promise<void> {
     if (this.#reconciling) {
-      this.#again = true;
+      if (!this.#o.signal?.aborted) this.#again = true;
       return this.#reconciling;
     }
+    if (this.#o.signal?.aborted) return Promise.resolve();
     this.#reconciling = (async () => {
       try {
         do {
           this.#again = false;
+          if (this.#o.signal?.aborted) break;
           await this.#reconcileOnce().catch((err: unknown) => this.#o.log.error({ err }, "reconcile failed; retrying on the next change or tick"));
         } while (this.#again);
       } finally {
@@ -133,6 +154,7 @@ export class DaemonController {
 
   /** Starts a run now (manual install or assignment); throws InstallError BUSY when one is in progress. */
   launch(fn: () => Promise<RunOutcome>): Promise<RunOutcome> {
+    if (this.#o.signal?.aborted) throw new InstallError("STOPPING", "the daemon is stopping");
     if (this.#running || this.#o.runner.active) throw new InstallError("BUSY", "an install is already in progress");
     const p = fn();
     this.#running = p;
@@ -171,15 +193,32 @@ export class DaemonController {
     if (s?.lastResult && runKey(s.lastResult.upgradeId, s.lastResult.hopIndex ?? 0) === runKey(a.upgradeId, a.hopIndex)) return; // answered already
     if (s?.committedVersion && s.committedVersion === a.targetVersion) {
       // Already there: say so, so the planner records the hop instead of waiting for it.
-      await this.#o.state.write({
-        ...s,
-        lastResult: { upgradeId: a.upgradeId, hopIndex: a.hopIndex, version: a.targetVersion, outcome: "committed", code: "ALREADY_THERE", message: "" },
-      });
-      await this.#o.emit({
-        ...this.#eventFor(a, s.committedVersion, StepName.STEP_NAME_REPORT),
-        state: StepState.STEP_STATE_SUCCEEDED,
-        message: `committed ${a.targetVersion} (already running it)`,
-      });
+      // Under the run lock: no install writes the state meanwhile.
+      await this.#o.runner
+        .exclusive(async () => {
+          const now = await this.#o.state.read();
+          if (!now || now.committedVersion !== a.targetVersion) return;
+          await this.#o.state.write({
+            ...now,
+            lastResult: {
+              upgradeId: a.upgradeId,
+              hopIndex: a.hopIndex,
+              version: a.targetVersion,
+              outcome: "committed",
+              code: "ALREADY_THERE",
+              message: "",
+            },
+          });
+          await this.#o.emit({
+            ...this.#eventFor(a, a.targetVersion, StepName.STEP_NAME_REPORT),
+            state: StepState.STEP_STATE_SUCCEEDED,
+            message: `committed ${a.targetVersion} (already running it)`,
+          });
+        })
+        .catch((err: unknown) => {
+          if (!(err instanceof InstallError)) throw err;
+          this.#again = true; // a run took the lock: look again when it ends
+        });
       return;
     }
     this.#o.log.info({ upgradeId: a.upgradeId, hop: a.hopIndex, target: a.targetVersion, term: a.term }, "starting assigned hop");

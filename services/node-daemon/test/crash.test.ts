@@ -122,7 +122,9 @@ describe("kill -9 of the node-daemon", () => {
           const e = await nodes.get(node);
           const st = e && events.NodeStatus.decode(e.value);
           return (
-            st && st.currentVersion === "v1.34.6" && st.state === events.NodeState.NODE_STATE_IDLE &&
+            st &&
+            st.currentVersion === "v1.34.6" &&
+            st.state === events.NodeState.NODE_STATE_IDLE &&
             seen.some((x) => x.step === S.STEP_NAME_REPORT && x.state === T.STEP_STATE_SUCCEEDED)
           );
         },

@@ -72,6 +72,12 @@ export class Outbox extends EventEmitter<{ event: [events.StepEvent]; delivered:
     } catch {
       // empty outbox
     }
+    if (text.length > 0 && !text.endsWith("\n")) {
+      // A power cut tore the last append: drop the torn tail now, or the next append would
+      // be glued onto it and lost at the next start.
+      text = text.slice(0, text.lastIndexOf("\n") + 1);
+      await writeFileAtomic(this.#file, text);
+    }
     for (const line of text.split("\n")) {
       if (!line) continue;
       let e: events.StepEvent;
@@ -84,6 +90,11 @@ export class Outbox extends EventEmitter<{ event: [events.StepEvent]; delivered:
       if (e.seq > this.#cursor.delivered) this.#pending.push(e);
       this.#remember(e);
     }
+  }
+
+  /** Resolves once every append already asked for has finished (or failed). */
+  settled(): Promise<void> {
+    return this.#appending;
   }
 
   get lastSeq(): number {

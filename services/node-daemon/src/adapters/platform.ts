@@ -30,6 +30,7 @@ export function createPlatform(c: Config, reboot: () => Promise<void>): Platform
     bootloader,
     slotPath: (s: SlotName) => (s === "A" ? c.slotA : c.slotB),
     slotKind: c.slotKind,
+    bootId: async () => (await readFile(c.bootIdFile, "utf8")).trim(),
     bootedSlot: async () => {
       const m = /^BOOT_PART=(A|B)\s*$/m.exec(await readFile(c.bootStateFile, "utf8"));
       if (!m) throw new Error(`${c.bootStateFile} names no BOOT_PART=A|B`);

@@ -1,6 +1,6 @@
 // NodeService on the board: proto <-> the daemon's controller and runner. Handlers throw
 // FerryError (mapped to gRPC status once, by @ferry/grpc).
-import { events, node as nodepb } from "@ferry/proto";
+import type { events, node as nodepb } from "@ferry/proto";
 import type { Implementation } from "@ferry/grpc";
 import { MANUAL_UPGRADE_ID } from "@ferry/messaging";
 import { imageFor, parseManifest } from "@ferry/release";
@@ -53,9 +53,11 @@ export function nodeService(d: HandlerDeps): Implementation<typeof nodepb.NodeSe
       if (a && !a.cancel)
         throw failedPrecondition(`node is assigned upgrade ${a.upgradeId}; a manual install is refused while an assignment is active`, "ASSIGNED");
       if (d.controller.running || (await d.journal.read())) throw failedPrecondition("an install is already in progress", "BUSY");
-      if (!req.envelope || req.envelope.manifest.length === 0) throw invalidArgument("envelope is required (a signed release manifest)", "ENVELOPE_REQUIRED");
+      if (!req.envelope || req.envelope.manifest.length === 0)
+        throw invalidArgument("envelope is required (a signed release manifest)", "ENVELOPE_REQUIRED");
       if (req.healthTimeoutSeconds > MAX_HEALTH_TIMEOUT_S) throw invalidArgument(`health_timeout_seconds must be at most ${MAX_HEALTH_TIMEOUT_S}`);
-      if (req.url && !/^https?:\/\/[^\s]+$/.test(req.url)) throw invalidArgument(`url must be an http(s) URL, got ${JSON.stringify(req.url.slice(0, 200))}`);
+      if (req.url && !/^https?:\/\/[^\s]+$/.test(req.url))
+        throw invalidArgument(`url must be an http(s) URL, got ${JSON.stringify(req.url.slice(0, 200))}`);
       let manifest;
       try {
         manifest = parseManifest(req.envelope.manifest);

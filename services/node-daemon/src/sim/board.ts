@@ -95,6 +95,7 @@ export class SimBoard {
       const m = await this.marker(r.booted);
       if (m?.behaviour === "noboot") continue;
       await writeFile(join(this.dir, "run", "boot-state.env"), `BOOT_PART=${r.booted}\nROOT_DEV=${this.slotPath(r.booted)}\n`);
+      await writeFile(join(this.dir, "run", "boot-id"), randomBytes(16).toString("hex"));
       return r.booted;
     }
     throw new Error("no slot came up in 10 power cycles");
@@ -105,6 +106,7 @@ export class SimBoard {
       bootloader: this.bootloader,
       slotPath: (s) => this.slotPath(s),
       slotKind: "file",
+      bootId: async () => (await readFile(join(this.dir, "run", "boot-id"), "utf8")).trim(),
       bootedSlot: async () => {
         const m = /BOOT_PART=(A|B)/.exec(await readFile(join(this.dir, "run", "boot-state.env"), "utf8"));
         if (!m) throw new Error("boot-state.env names no BOOT_PART");

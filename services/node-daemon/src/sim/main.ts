@@ -36,6 +36,7 @@ const env = {
   FERRY_SLOT_B: board.slotPath("B"),
   FERRY_SLOT_KIND: "file",
   FERRY_BOOT_STATE_FILE: join(dir, "run", "boot-state.env"),
+  FERRY_BOOT_ID_FILE: join(dir, "run", "boot-id"),
   FERRY_BOOTLOADER: "uboot",
   FERRY_UBOOT_CONFIG: join(dir, "fw_env.config"),
   FERRY_UBOOT_DEFAULT_ENV: join(dir, "default.env"),

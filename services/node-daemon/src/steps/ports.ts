@@ -47,6 +47,8 @@ export interface Platform {
   slotPath(slot: SlotName): string;
   /** What a slot must be: a block device on a board; a regular file only on a simulated board. */
   slotKind: "block" | "file";
+  /** Identifies this boot of the OS (the kernel's boot_id): a commit grant counts only in the boot it was seen in. */
+  bootId(): Promise<string>;
   /** The slot the running OS booted from (e.g. BOOT_PART in /run/monok8s/boot-state.env). */
   bootedSlot(): Promise<SlotName>;
   /** Asks for a reboot; the daemon's process ends with the OS. */
@@ -72,6 +74,8 @@ export interface Grant {
   cancel: boolean;
   /** A manual install's own grant (NodeService), not the planner's. */
   local: boolean;
+  /** Set when the cancel is the planner assigning another hop to this node. */
+  supersededBy?: string;
 }
 
 /** Where the runner looks for newer grants than the one it holds (the assignment watch). */
@@ -103,8 +107,6 @@ export interface NodeState {
   slots: Partial<Record<SlotName, SlotRecord>>;
   /** Latest securely attested time (ISO): the newest signed issuedAt the node verified. */
   highWater: string | undefined;
-  /** The newest planner term the node has seen (fencing). */
-  term?: number;
   lastResult: LastResult | undefined;
 }
 
@@ -148,6 +150,8 @@ export interface Journal {
   healthDeadline: string | undefined;
   /** The grant this run holds (the newest seen), persisted so a restart resumes only with it. */
   grant: Grant;
+  /** The boot the grant was last checked in (Platform.bootId). */
+  bootId?: string;
   /** Set (durably) just before the trial is armed: from then on the environment may point at the target. */
   armAttempted?: boolean;
   /** Set once rolling back: why. */

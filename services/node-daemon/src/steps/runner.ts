@@ -137,6 +137,17 @@ export class Runner {
     }
   }
 
+  /** Runs `fn` holding the run lock (no install starts meanwhile); BUSY when a run holds it. */
+  async exclusive<T>(fn: () => Promise<T>): Promise<T> {
+    if (this.#active) throw new InstallError("BUSY", "an install is already in progress");
+    this.#active = true;
+    try {
+      return await fn();
+    } finally {
+      this.#active = false;
+    }
+  }
+
   /** The journal of the run in progress in this process, if any. */
   get current(): Journal | undefined {
     return this.#active ? this.#journal : undefined;
@@ -236,7 +247,7 @@ export class Runner {
     await this.#fault(`after-env:${what}`);
   }
 
-  async #reboot(j: Journal): Promise<RunOutcome> {
+  async #reboot(): Promise<RunOutcome> {
     await this.#fault("before-reboot");
     await this.#o.platform.reboot();
     return "rebooting";
@@ -247,6 +258,7 @@ export class Runner {
     const g = this.#o.gates?.latest(j.upgradeId, j.hopIndex);
     if (g && !j.grant.local && g.term >= j.grant.term) {
       const next: Grant = { ...g, cancel: j.grant.cancel || g.cancel, local: false };
+      if (j.grant.supersededBy && !next.supersededBy) next.supersededBy = j.grant.supersededBy;
       if (JSON.stringify(next) !== JSON.stringify(j.grant)) {
         j.grant = next;
         await this.#o.journal.write(j);
@@ -267,7 +279,8 @@ export class Runner {
         const booted = await p.bootedSlot();
         if (booted !== j.from) throw new InstallError("PREFLIGHT", `booted slot ${booted} is not the journal's ${j.from}`);
         if (s.upgradeAvailable) throw new InstallError("TRIAL_IN_PROGRESS", "a trial boot is armed already; refusing to start another install");
-        if (s.bootPart !== j.from) throw new InstallError("PREFLIGHT", `the bootloader would boot slot ${s.bootPart}, not the running slot ${j.from}`);
+        if (s.bootPart !== j.from)
+          throw new InstallError("PREFLIGHT", `the bootloader would boot slot ${s.bootPart}, not the running slot ${j.from}`);
         await checkSlot(p.slotPath(j.target), p.slotKind);
       });
       const v = await this.#step(j, StepName.STEP_NAME_VERIFY_MANIFEST, async () => {
@@ -351,11 +364,16 @@ export class Runner {
     const p = this.#o.platform;
     const booted = await p.bootedSlot();
     const env = await p.bootloader.read();
+    const bootId = await p.bootId();
+    if (j.bootId !== bootId) {
+      // A new boot: the planner's cluster checks must hold for this boot, so a commit grant seen before it does not count.
+      await this.#advance(j, j.phase, { bootId, grant: j.grant.local ? j.grant : { ...j.grant, commitAllowed: false } });
+    }
     if (booted === j.from) {
       if (!reached(j, "booted") && env.bootPart === j.target && env.upgradeAvailable) {
         // Armed, and the board has not booted the trial yet: reboot into it.
         if (j.phase !== "rebooting") await this.#advance(j, "rebooting");
-        await this.#step(j, StepName.STEP_NAME_REBOOT, () => this.#reboot(j));
+        await this.#step(j, StepName.STEP_NAME_REBOOT, () => this.#reboot());
         return "rebooting";
       }
       // The bootloader fell back (at any point after the switch) or the trial was disarmed:
@@ -364,16 +382,16 @@ export class Runner {
     }
     if (!reached(j, "booted")) {
       await this.#step(j, StepName.STEP_NAME_CONFIRM_BOOTED_SLOT, async () => {
-        if (!(env.bootPart === j.target)) throw new InstallError("TRIAL_DISARMED", `booted the trial slot ${j.target} but the bootloader now points at ${env.bootPart}`);
+        if (!(env.bootPart === j.target))
+          throw new InstallError("TRIAL_DISARMED", `booted the trial slot ${j.target} but the bootloader now points at ${env.bootPart}`);
       });
       const state = await this.#state();
       if (state.slots[j.target]) state.slots[j.target]!.state = "trial";
       await this.#writeState(state);
-      // A commit grant must be seen after this boot: the planner's cluster checks are for this trial.
-      const grant = j.grant.local ? j.grant : { ...j.grant, commitAllowed: false };
-      await this.#advance(j, "booted", { grant, healthDeadline: new Date(this.#now().getTime() + j.healthTimeoutSeconds * 1000).toISOString() });
+      await this.#advance(j, "booted", { healthDeadline: new Date(this.#now().getTime() + j.healthTimeoutSeconds * 1000).toISOString() });
     }
-    if (env.bootPart !== j.target) throw new InstallError("TRIAL_DISARMED", `the bootloader points at slot ${env.bootPart}, not the trial ${j.target}`);
+    if (env.bootPart !== j.target)
+      throw new InstallError("TRIAL_DISARMED", `the bootloader points at slot ${env.bootPart}, not the trial ${j.target}`);
     // Marked good already (a power cut between the write and the journal): only the commit's record is missing.
     const markedGood = !env.upgradeAvailable;
     if (!reached(j, "post-boot-done") && !markedGood) {
@@ -415,9 +433,14 @@ export class Runner {
   async #wait(j: Journal, ok: (g: Grant) => boolean, what: string, deadline?: Date): Promise<void> {
     for (;;) {
       const g = await this.#refreshGrant(j);
-      if (g.cancel) throw new InstallError("CANCELLED", `cancelled while waiting for the ${what} grant`);
+      if (g.cancel)
+        throw new InstallError(
+          "CANCELLED",
+          `cancelled while waiting for the ${what} grant${g.supersededBy ? `: the planner assigned ${g.supersededBy}` : ""}`,
+        );
       if (ok(g)) return;
-      if (deadline && this.#now().getTime() >= deadline.getTime()) throw new InstallError("COMMIT_TIMEOUT", `no ${what} grant within the health timeout`);
+      if (deadline && this.#now().getTime() >= deadline.getTime())
+        throw new InstallError("COMMIT_TIMEOUT", `no ${what} grant within the health timeout`);
       await this.#sleep(this.#o.pollMs ?? 200);
     }
   }
@@ -501,7 +524,14 @@ export class Runner {
       state.committedVersion = j.fromVersion || state.committedVersion;
       state.committedSlot = j.from;
     }
-    state.lastResult = { upgradeId: j.upgradeId, hopIndex: j.hopIndex, version: j.toVersion, outcome: "rolled-back", code: f.code, message: f.message };
+    state.lastResult = {
+      upgradeId: j.upgradeId,
+      hopIndex: j.hopIndex,
+      version: j.toVersion,
+      outcome: "rolled-back",
+      code: f.code,
+      message: f.message,
+    };
     await this.#writeState(state);
     await this.#o.emit({
       ...this.#event(j, StepName.STEP_NAME_REPORT),
@@ -515,7 +545,7 @@ export class Runner {
 
   async #rebootForFallback(j: Journal, code: string, message: string): Promise<RunOutcome> {
     if (j.phase !== "rolling-back") await this.#advance(j, "rolling-back", { failure: { code, message } });
-    await this.#step(j, StepName.STEP_NAME_REBOOT, () => this.#reboot(j), { message: `rebooting to fall back to slot ${j.from}` });
+    await this.#step(j, StepName.STEP_NAME_REBOOT, () => this.#reboot(), { message: `rebooting to fall back to slot ${j.from}` });
     return "rebooting";
   }
 

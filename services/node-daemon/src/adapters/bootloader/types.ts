@@ -5,7 +5,6 @@
 
 import type { BootState } from "../../steps/ports.ts";
 
-
 export class BootEnvError extends Error {
   override name = "BootEnvError";
 }
