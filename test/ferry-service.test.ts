@@ -51,6 +51,6 @@ describe("bin/ferry-service", () => {
     expect(r.stderr.trim()).toBe(`ferry-service: ${old} is Node.js 20; Ferry needs Node.js 24 (set FERRY_NODE)`);
     const u = spawnSync(launcher, ["nginx"], { encoding: "utf8" });
     expect(u.status).toBe(2);
-    expect(u.stderr.trim()).toBe("usage: ferry-service catalog|image-distributor|planner|node-daemon [args...]");
+    expect(u.stderr.trim()).toBe("usage: ferry-service catalog|image-distributor|planner|node-daemon|trial-guard [args...]");
   });
 });

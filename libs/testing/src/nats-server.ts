@@ -21,6 +21,8 @@ export interface NatsServerOptions {
   storeDir?: string;
   /** Fixed port (restart on the same port); default random. */
   port?: number;
+  /** false: a server without JetStream (every JetStream call fails; for tests of retries). */
+  jetstream?: boolean;
 }
 
 export class NatsServer implements AsyncDisposable {
@@ -28,11 +30,13 @@ export class NatsServer implements AsyncDisposable {
   port = 0;
   #proc: ChildProcess | undefined;
   #ownsStore: boolean;
+  jetstream: boolean;
 
   private constructor(opts: NatsServerOptions) {
     this.#ownsStore = opts.storeDir === undefined;
     this.storeDir = opts.storeDir ?? mkdtempSync(join(tmpdir(), "ferry-nats-"));
     this.port = opts.port ?? 0;
+    this.jetstream = opts.jetstream ?? true;
   }
 
   static async start(opts: NatsServerOptions = {}): Promise<NatsServer> {
@@ -65,10 +69,7 @@ export class NatsServer implements AsyncDisposable {
       [
         `listen: 127.0.0.1:${this.port === 0 ? -1 : this.port}`,
         `http: 127.0.0.1:-1`,
-        `jetstream {`,
-        `  store_dir: ${JSON.stringify(this.storeDir)}`,
-        `  sync_interval: always`,
-        `}`,
+        ...(this.jetstream ? [`jetstream {`, `  store_dir: ${JSON.stringify(this.storeDir)}`, `  sync_interval: always`, `}`] : []),
         ``,
       ].join("\n"),
     );

@@ -2,7 +2,7 @@
 // grub-editenv from grub-common) on environments stored in files, and the power-on
 // semantics the boot simulator applies: trial counting, fallback, no fallback once good.
 import { execFileSync } from "node:child_process";
-import { readFileSync, writeFileSync } from "node:fs";
+import { readdirSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
 import { repoRoot, tempDir } from "@ferry/testing";
@@ -131,5 +131,34 @@ describe("U-Boot redundant environment", () => {
     expect(changed).toHaveLength(1);
     const copy = after.subarray(changed[0]! * ENV_SIZE, (changed[0]! + 1) * ENV_SIZE).toString("latin1");
     for (const v of ["boot_part=B", "upgrade_available=1", "bootcount=0"]) expect(copy).toContain(v);
+  });
+});
+
+describe("GRUB environment writes", () => {
+  it("survive the tool dying mid-rewrite (grub-editenv truncates its file first): the live grubenv keeps the old state", async () => {
+    using dir = tempDir();
+    const live = grub(dir.path);
+    await armTrial(live, "B");
+    const before = readFileSync(join(dir.path, "grubenv"));
+    expect(before).toHaveLength(1024);
+    // What a power cut inside grub-editenv leaves of the file it rewrites: nothing.
+    const dying = join(dir.path, "dying-grub-editenv");
+    writeFileSync(dying, `#!/bin/sh\n[ "$2" = set ] && : > "$1" && kill -9 $$\nexec '${tools.grubEditenv}' "$@"\n`, { mode: 0o755 });
+    const b = new GrubEnv(dying, join(dir.path, "grubenv"));
+    await expect(b.write({ upgrade_available: "0", bootcount: "0" })).rejects.toThrow(/grub-editenv set failed/);
+    expect(readFileSync(join(dir.path, "grubenv")).equals(before)).toBe(true);
+    expect(await live.read()).toEqual({ bootPart: "B", upgradeAvailable: true, bootcount: 0, bootlimit: 3 });
+    expect(readdirSync(dir.path).sort()).toEqual(["dying-grub-editenv", "grubenv"]); // no copy left behind
+    // A write that completes replaces the whole block at once.
+    await markGood(live);
+    expect(readFileSync(join(dir.path, "grubenv"))).toHaveLength(1024);
+    expect(await live.read()).toEqual({ bootPart: "B", upgradeAvailable: false, bootcount: 0, bootlimit: 3 });
+  });
+
+  it("creates the environment block when the file is missing", async () => {
+    using dir = tempDir();
+    const b = new GrubEnv(tools.grubEditenv, join(dir.path, "grubenv"));
+    await b.write({ boot_part: "A", bootlimit: "3", upgrade_available: "0", bootcount: "0" });
+    expect(await b.read()).toEqual({ bootPart: "A", upgradeAvailable: false, bootcount: 0, bootlimit: 3 });
   });
 });

@@ -51,6 +51,7 @@ describe("node-daemon with NATS", () => {
     const board = await SimBoard.create(join(dir.path, "board"), tools, osImage("v1.33.5", "healthy", 256 * 1024));
     const config = loadConfig({
       FERRY_NODE_NAME: "edge-1.site-a",
+      FERRY_SLOT_KIND: "file",
       FERRY_OS_VERSION: "v1.33.5",
       FERRY_BOARD: "ls1046a",
       FERRY_DATA_DIR: join(dir.path, "data"),
@@ -125,6 +126,7 @@ describe("node-daemon with NATS", () => {
     writeFileSync(join(d.path, "keyring.json"), formatKeyringJson([key.publicPem], 1));
     const board = await SimBoard.create(join(d.path, "board"), tools, osImage("v1.33.5", "healthy", 256 * 1024));
     const config = loadConfig({
+      FERRY_SLOT_KIND: "file",
       FERRY_NODE_NAME: "edge-2",
       FERRY_OS_VERSION: "v1.33.5",
       FERRY_BOARD: "ls1046a",
@@ -183,6 +185,103 @@ describe("node-daemon with NATS", () => {
     const st = await local.getStatus({});
     expect(st).toMatchObject({ currentVersion: "v1.33.5", bootedSlot: events.Slot.SLOT_A, state: events.NodeState.NODE_STATE_FAILED });
     expect(st.message).toMatch(/rolled-back v1.34.6: cancelled/);
+    local.close();
+    await app.stop(AbortSignal.timeout(5000));
+    srv.close();
+  });
+
+  it("keeps retrying every NATS step: JetStream not ready leaves it waiting, not deaf, and GetStatus says which step fails", async () => {
+    const plain = await NatsServer.start({ jetstream: false });
+    const port = plain.port;
+    using d = tempDir("ferry-link-");
+    writeFileSync(join(d.path, "keyring.json"), formatKeyringJson([key.publicPem], 1));
+    const board = await SimBoard.create(join(d.path, "board"), tools, osImage("v1.33.5", "healthy", 64 * 1024));
+    const config = loadConfig({
+      FERRY_NODE_NAME: "edge-3",
+      FERRY_OS_VERSION: "v1.33.5",
+      FERRY_BOARD: "ls1046a",
+      FERRY_DATA_DIR: join(d.path, "data"),
+      FERRY_NATS_URL: plain.url,
+      FERRY_GRPC_ADDR: "127.0.0.1:0",
+      FERRY_KEYRING_FILE: join(d.path, "keyring.json"),
+      FERRY_SLOT_A: board.slotPath("A"),
+      FERRY_SLOT_B: board.slotPath("B"),
+      FERRY_SLOT_KIND: "file",
+      FERRY_HEARTBEAT_MS: "200",
+    });
+    const app = createApp(config, pino({ level: "silent" }), { platform: board.platform() });
+    await app.start();
+    const local = createClient(nodepb.NodeServiceService, `127.0.0.1:${app.port()}`);
+    await waitFor(async () => /^open bucket ferry_nodes: /.test((await local.getStatus({})).nats), { what: "the failing step in GetStatus" });
+    await plain[Symbol.asyncDispose]();
+    // JetStream comes up (same address): the daemon recovers by itself.
+    await using nats = await NatsServer.start({ port });
+    const nc = await connectNats({ url: nats.url, name: "observer" });
+    const nodes = await openBucket(nc, BUCKETS.nodes);
+    await waitFor(async () => (await local.getStatus({})).nats === "connected", { timeoutMs: 30_000, what: "the NATS session" });
+    await waitFor(
+      async () => {
+        const e = await nodes.get("edge-3");
+        return e !== null && events.NodeStatus.decode(e.value).nats === "connected";
+      },
+      { what: "a heartbeat" },
+    );
+    expect(events.NodeStatus.decode((await nodes.get("edge-3"))!.value)).toMatchObject({
+      name: "edge-3",
+      nats: "connected",
+      currentVersion: "v1.33.5",
+    });
+    local.close();
+    await app.stop(AbortSignal.timeout(5000));
+    await nc.close();
+  });
+
+  it("Commit grants the commit of a manual install held at the commit gate, and only there", async () => {
+    await using nats = await NatsServer.start();
+    using d = tempDir("ferry-commit-");
+    const srv = createServer((_req, res) => res.writeHead(200, { "content-length": zst.length }).end(zst));
+    await new Promise<void>((r) => srv.listen(0, "127.0.0.1", r));
+    const url = `http://127.0.0.1:${(srv.address() as { port: number }).port}/img.zst`;
+    const { zst, envelope } = signedRelease([loadSigningKey(key.privatePem)], "v1.34.6", "healthy", { size: 256 * 1024, url });
+    writeFileSync(join(d.path, "keyring.json"), formatKeyringJson([key.publicPem], 1));
+    const board = await SimBoard.create(join(d.path, "board"), tools, osImage("v1.33.5", "healthy", 64 * 1024));
+    const config = loadConfig({
+      FERRY_NODE_NAME: "edge-4",
+      FERRY_OS_VERSION: "v1.33.5",
+      FERRY_BOARD: "ls1046a",
+      FERRY_DATA_DIR: join(d.path, "data"),
+      FERRY_NATS_URL: nats.url,
+      FERRY_GRPC_ADDR: "127.0.0.1:0",
+      FERRY_KEYRING_FILE: join(d.path, "keyring.json"),
+      FERRY_SLOT_A: board.slotPath("A"),
+      FERRY_SLOT_B: board.slotPath("B"),
+      FERRY_SLOT_KIND: "file",
+    });
+    const code = (p: Promise<unknown>) =>
+      p.then(
+        () => "OK",
+        (e: GrpcCallError) => status[e.code],
+      );
+    let app = createApp(config, pino({ level: "silent" }), { platform: board.platform() });
+    await app.start();
+    let local = createClient(nodepb.NodeServiceService, `127.0.0.1:${app.port()}`);
+    await local.install({ envelope, url: "", holdCommit: true, healthTimeoutSeconds: 600 });
+    expect(await code(local.commit({}))).toBe("FAILED_PRECONDITION"); // no trial yet
+    await waitFor(async () => (await app.idle()) === "rebooting", { timeoutMs: 20_000 });
+    local.close();
+    await app.stop(AbortSignal.timeout(5000));
+    expect(await board.powerOn()).toBe("B");
+    app = createApp(config, pino({ level: "silent" }), { platform: board.platform() });
+    await app.start();
+    local = createClient(nodepb.NodeServiceService, `127.0.0.1:${app.port()}`);
+    await waitFor(async () => (await local.getStatus({})).state === events.NodeState.NODE_STATE_WAITING_COMMIT, { what: "the commit gate" });
+    await new Promise((r) => setTimeout(r, 500));
+    expect((await board.bootloader.read()).upgradeAvailable).toBe(true); // held: not committed
+    expect(await code(local.commit({}))).toBe("OK");
+    await waitFor(async () => (await app.idle()) === "committed", { timeoutMs: 10_000, what: "the commit" });
+    expect(await board.bootloader.read()).toMatchObject({ bootPart: "B", upgradeAvailable: false });
+    expect((await local.getStatus({})).currentVersion).toBe("v1.34.6");
+    expect(await code(local.commit({}))).toBe("FAILED_PRECONDITION"); // nothing left to commit
     local.close();
     await app.stop(AbortSignal.timeout(5000));
     srv.close();

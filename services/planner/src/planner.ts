@@ -230,13 +230,15 @@ export class Planner {
     return this.#command(
       ref,
       (u) =>
-        !u.spec?.strategy?.canary
-          ? "it has no canary to approve"
-          : u.approved
-            ? "already approved"
-            : !u.awaitingApproval
-              ? `the canary is still running (${u.progress.filter((g) => g.canary && !nodeDone(g) && g.runState !== planner.NodeRunState.NODE_RUN_STATE_BETWEEN_HOPS).length} canary node(s) not done)`
-              : undefined,
+        !isActive(u)
+          ? `it has ended (${phaseName(u)})`
+          : !u.spec?.strategy?.canary
+            ? "it has no canary to approve"
+            : u.approved
+              ? "already approved"
+              : !u.awaitingApproval
+                ? `the canary is still running (${u.progress.filter((g) => g.canary && !nodeDone(g) && g.runState !== planner.NodeRunState.NODE_RUN_STATE_BETWEEN_HOPS).length} canary node(s) not done)`
+                : undefined,
       (u) => {
         u.approved = true;
         u.awaitingApproval = false;

@@ -58,12 +58,12 @@ export class NatsLink {
         });
         const timer = setInterval(() => void this.heartbeat(), this.#o.heartbeatMs);
         session.signal.addEventListener("abort", () => clearInterval(timer), { once: true });
+        this.#state = "connected";
         step = "heartbeat";
         await this.heartbeat(true);
         step = "watch assignment";
         const watcher = await assignments.watch({ key: this.#o.node });
         session.signal.addEventListener("abort", () => watcher.stop(), { once: true });
-        this.#state = "connected";
         backoff.reset();
         this.#o.log.info("NATS session up: heartbeating, watching the assignment, delivering events");
         for await (const e of watcher) {

@@ -115,6 +115,7 @@ export class Runner {
         grant: req.grant,
         failure: undefined,
       };
+      this.#journal = j;
       await this.#o.journal.create(j).catch((err: NodeJS.ErrnoException) => {
         throw err.code === "EEXIST" ? new InstallError("BUSY", "an install is already in progress") : err;
       });
