@@ -11,8 +11,11 @@ import { MANUAL_UPGRADE_ID } from "@ferry/messaging";
 import { parseManifest } from "@ferry/release";
 import { join } from "node:path";
 import { AtomicJsonFile, type Logger } from "@ferry/runtime";
-import type { EmitFn, Gates, Grant, InstallRequest, Journal, NodeState, RunOutcome } from "./steps/ports.ts";
+import type { EmitFn, Gates, InstallRequest, Journal, NodeState, RunOutcome } from "./steps/ports.ts";
 import { InstallError, type Runner } from "./steps/runner.ts";
+import { grantFor, grantOf } from "./domain/gates.ts";
+
+export { grantOf } from "./domain/gates.ts";
 import { StepName } from "./steps/registry.ts";
 
 export interface ControllerOptions {
@@ -35,19 +38,6 @@ export interface ControllerOptions {
 
 const { StepState } = events;
 const runKey = (upgradeId: string, hopIndex: number) => `${upgradeId}/${hopIndex}`;
-
-/** The grant an assignment carries. */
-export function grantOf(a: events.Assignment): Grant {
-  return {
-    upgradeId: a.upgradeId,
-    hopIndex: a.hopIndex,
-    term: Number(a.term ?? 0),
-    rebootAllowed: a.rebootAllowed,
-    commitAllowed: a.commitAllowed,
-    cancel: a.cancel,
-    local: false,
-  };
-}
 
 /** Download URLs for an assignment: each distributor, then the origin when allowed. */
 export function assignmentUrls(a: events.Assignment, board: string): string[] {
@@ -76,22 +66,7 @@ export class DaemonController {
   #rebootAskedAt: number | undefined;
 
   readonly gates: Gates = {
-    latest: (upgradeId, hopIndex) => {
-      const a = this.#assignment;
-      if (!a) return undefined;
-      if (a.upgradeId === upgradeId && a.hopIndex === hopIndex) return grantOf(a);
-      // The planner now wants another hop of this node: this run is superseded, an explicit
-      // instruction (a deletion, by contrast, is only "keep waiting").
-      return {
-        ...grantOf(a),
-        upgradeId,
-        hopIndex,
-        rebootAllowed: false,
-        commitAllowed: false,
-        cancel: true,
-        supersededBy: `${a.upgradeId} hop ${a.hopIndex}`,
-      };
-    },
+    latest: (upgradeId, hopIndex) => grantFor(this.#assignment, upgradeId, hopIndex),
   };
 
   readonly #term: AtomicJsonFile<{ term: number }>;

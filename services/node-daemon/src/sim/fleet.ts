@@ -3,12 +3,17 @@
 // with their gates, step events published to JetStream with `Nats-Msg-Id <node>:<seq>` —
 // but skip the slow parts (no download, no slot write, a short "reboot"). For the
 // planner's tests and its 1,000-node benchmark. Behaviours make a board fail its health
-// check or never come up, so rollbacks can be driven at scale.
+// check or never come up, so rollbacks can be driven at scale. Its gates follow the real
+// daemon's rules (domain/gates.ts): closed unless granted, a deleted assignment keeps
+// waiting, older terms refused, a cancel sticks, another hop supersedes the run, a commit
+// grant counts only after the trial boot. test/fleet.test.ts runs both on one sequence.
 import { jetstream } from "@nats-io/jetstream";
 import { headers } from "@nats-io/nats-core";
 import { events } from "@ferry/proto";
 import { BUCKETS, eventMsgId, eventSubject, openBucket, type KV, type NatsConnection } from "@ferry/messaging";
 import { sleep } from "@ferry/runtime";
+import { afterBoot, grantFor, grantOf, nextGrant } from "../domain/gates.ts";
+import type { Grant } from "../steps/ports.ts";
 
 export type FleetBehaviour = "healthy" | "fails-health" | "never-boots";
 
@@ -39,6 +44,10 @@ interface Sim extends FleetBoard {
   slot: events.Slot;
   state: events.NodeState;
   assignment: events.Assignment | undefined;
+  /** The grant the current run holds. */
+  grant: Grant | undefined;
+  /** The newest planner term seen. */
+  term: number;
   busy: boolean;
   done: Set<string>;
   message: string;
@@ -61,6 +70,8 @@ export class SimFleet {
         slot: events.Slot.SLOT_A,
         state: events.NodeState.NODE_STATE_IDLE,
         assignment: undefined,
+        grant: undefined,
+        term: 0,
         busy: false,
         done: new Set(),
         message: "",
@@ -82,11 +93,26 @@ export class SimFleet {
       for await (const e of watcher) {
         const b = this.boards.get(e.key);
         if (!b) continue;
-        b.assignment = e.operation === "PUT" && e.value.length > 0 ? events.Assignment.decode(e.value) : undefined;
-        const a = b.assignment;
-        if (a && !a.cancel && !b.busy && !b.done.has(`${a.upgradeId}/${a.hopIndex}`) && b.version !== a.targetVersion) void this.#install(b, a);
+        this.assign(b.name, e.operation === "PUT" && e.value.length > 0 ? events.Assignment.decode(e.value) : undefined);
       }
     })();
+  }
+
+  /** The assignment watch delivered a value for one board (undefined: deleted). */
+  assign(name: string, a: events.Assignment | undefined): void {
+    const b = this.boards.get(name);
+    if (!b) return;
+    if (a && Number(a.term ?? 0) < b.term) return; // a stalled former leader
+    if (a) b.term = Math.max(b.term, Number(a.term ?? 0));
+    b.assignment = a;
+    if (b.grant) b.grant = nextGrant(b.grant, grantFor(a, b.grant.upgradeId, b.grant.hopIndex));
+    this.reconcile(b);
+  }
+
+  /** Level-triggered: starts the assigned hop when the board is free and has not done it. */
+  reconcile(b: Sim): void {
+    const a = b.assignment;
+    if (a && !a.cancel && !b.busy && !b.done.has(`${a.upgradeId}/${a.hopIndex}`) && b.version !== a.targetVersion) void this.#install(b, a);
   }
 
   stop(): void {
@@ -163,11 +189,11 @@ export class SimFleet {
     }
   }
 
-  async #gate(b: Sim, ok: (a: events.Assignment) => boolean, deadline?: number): Promise<"granted" | "cancelled" | "timeout"> {
+  async #gate(b: Sim, ok: (g: Grant) => boolean, deadline?: number): Promise<"granted" | "cancelled" | "timeout"> {
     for (;;) {
-      const a = b.assignment;
-      if (!a || a.cancel) return "cancelled";
-      if (ok(a)) return "granted";
+      const g = b.grant!;
+      if (g.cancel) return "cancelled";
+      if (ok(g)) return "granted";
       if (deadline !== undefined && Date.now() > deadline) return "timeout";
       await sleep(this.#o.gatePollMs);
     }
@@ -175,6 +201,7 @@ export class SimFleet {
 
   async #install(b: Sim, a: events.Assignment): Promise<void> {
     b.busy = true;
+    b.grant = grantOf(a);
     const key = `${a.upgradeId}/${a.hopIndex}`;
     const step = async (s: events.StepName, extra: Partial<events.StepEvent> = {}) => {
       await this.#emit(b, a, s, T.STEP_STATE_STARTED);
@@ -190,7 +217,9 @@ export class SimFleet {
         message: message || `committed ${a.targetVersion}`,
       });
       b.busy = false;
+      b.grant = undefined;
       await this.#heartbeat(b);
+      this.reconcile(b);
     };
     try {
       b.state = events.NodeState.NODE_STATE_UPGRADING;
@@ -213,6 +242,9 @@ export class SimFleet {
       const old = b.slot;
       b.slot = old === events.Slot.SLOT_A ? events.Slot.SLOT_B : events.Slot.SLOT_A;
       b.state = events.NodeState.NODE_STATE_TRIAL;
+      // A new boot: the commit grant held before it no longer counts; the watch of the new
+      // boot delivers the assignment as it is now.
+      b.grant = nextGrant(afterBoot(b.grant!), grantFor(b.assignment, a.upgradeId, a.hopIndex));
       await sleep(this.#o.stepMs * 4);
       if (b.behaviour === "never-boots") {
         b.slot = old;
@@ -247,6 +279,7 @@ export class SimFleet {
       await finish("committed");
     } catch (err) {
       b.busy = false;
+      b.grant = undefined;
       b.message = (err as Error).message;
     }
   }

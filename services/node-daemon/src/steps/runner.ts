@@ -18,6 +18,7 @@ import { events } from "@ferry/proto";
 import { FerryError, sleep as realSleep, type AtomicJsonFile } from "@ferry/runtime";
 import type { Keyring } from "@ferry/signing";
 import { checkSlot, readBackVerify, writeSlot } from "../adapters/slot-writer.ts";
+import { afterBoot, nextGrant } from "../domain/gates.ts";
 import { verifyForNode } from "../domain/verify.ts";
 import {
   armTrial,
@@ -256,14 +257,10 @@ export class Runner {
 
   /** Takes a newer grant for this run from the gates (never an older term; a cancel sticks). */
   async #refreshGrant(j: Journal): Promise<Grant> {
-    const g = this.#o.gates?.latest(j.upgradeId, j.hopIndex);
-    if (g && !j.grant.local && g.term >= j.grant.term) {
-      const next: Grant = { ...g, cancel: j.grant.cancel || g.cancel, local: false };
-      if (j.grant.supersededBy && !next.supersededBy) next.supersededBy = j.grant.supersededBy;
-      if (JSON.stringify(next) !== JSON.stringify(j.grant)) {
-        j.grant = next;
-        await this.#o.journal.write(j);
-      }
+    const next = nextGrant(j.grant, this.#o.gates?.latest(j.upgradeId, j.hopIndex));
+    if (JSON.stringify(next) !== JSON.stringify(j.grant)) {
+      j.grant = next;
+      await this.#o.journal.write(j);
     }
     return j.grant;
   }
@@ -368,7 +365,7 @@ export class Runner {
     const bootId = await p.bootId();
     if (j.bootId !== bootId) {
       // A new boot: the planner's cluster checks must hold for this boot, so a commit grant seen before it does not count.
-      await this.#advance(j, j.phase, { bootId, grant: j.grant.local ? j.grant : { ...j.grant, commitAllowed: false } });
+      await this.#advance(j, j.phase, { bootId, grant: afterBoot(j.grant) });
     }
     if (booted === j.from) {
       if (!reached(j, "booted") && env.bootPart === j.target && env.upgradeAvailable) {
