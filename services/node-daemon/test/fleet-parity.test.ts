@@ -4,7 +4,7 @@
 import { describe, expect, it } from "vitest";
 import { events } from "@ferry/proto";
 import { connectNats, ensureEventsStream } from "@ferry/messaging";
-import { NatsServer, tempDir, waitFor } from "@ferry/testing";
+import { NatsServer, tempDir } from "@ferry/testing";
 import { SimFleet } from "../src/sim/fleet.ts";
 import { harness, type Harness } from "./board-harness.ts";
 
