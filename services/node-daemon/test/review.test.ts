@@ -279,4 +279,22 @@ describe("the review's cases", () => {
     expect(await outcome(p)).toBe("rebooting");
     expect(stepsOf(h)).toContain("SWITCH_BOOT_SLOT:SUCCEEDED");
   });
+
+  it("found by the explorer: a power cut right after the arm write, then a crash-looping trial, is never armed again", async () => {
+    using dir = tempDir();
+    const h = await setup(dir.path);
+    const p = await start(h, h.assignment({ rebootAllowed: true }));
+    expect(await outcome(p)).toBe("rebooting");
+    // What a power cut between the arm write and the journal leaves: the journal before "switched".
+    const j = (await h.journal.read())!;
+    await h.journal.write({ ...j, phase: "readback-ok" });
+    // The trial crash-loops: three counted boots of B, the fourth falls back to A.
+    for (let i = 0; i < 3; i++) await h.board.bootloader.write({ bootcount: String(i + 1) });
+    expect(await h.board.powerOn()).toBe("A");
+    const q = await start(h, h.assignment({ rebootAllowed: true }));
+    expect(await outcome(q)).toBe("failed");
+    expect(h.envWrites.filter((w) => w.upgrade_available === "1")).toHaveLength(1);
+    expect(last(h)).toMatchObject({ step: S.STEP_NAME_REPORT, state: T.STEP_STATE_FAILED, errorCode: "TRIAL_DID_NOT_BOOT" });
+    expect(settledOn(await h.board.bootloader.read(), "A")).toBe(true);
+  });
 });

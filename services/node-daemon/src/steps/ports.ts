@@ -154,6 +154,8 @@ export interface Journal {
   bootId?: string;
   /** Set (durably) just before the trial is armed: from then on the environment may point at the target. */
   armAttempted?: boolean;
+  /** The boot in which the arm was attempted. */
+  armBootId?: string;
   /** Set once rolling back: why. */
   failure: { code: string; message: string } | undefined;
   /** Reboots asked for while rolling back on the old slot because the environment could not be written. */

@@ -344,13 +344,21 @@ export class Runner {
       await this.#writeState(state);
       await this.#advance(j, "readback-ok");
     }
+    if (j.armAttempted && j.armBootId !== (await p.bootId()) && settledOn(await p.bootloader.read(), j.from)) {
+      // Armed, then the board restarted and runs the old slot with no trial armed: the trial
+      // may have run and fallen back (a power cut right after the arm write). Never arm twice.
+      throw new InstallError(
+        "TRIAL_DID_NOT_BOOT",
+        `the board restarted after the trial of slot ${j.target} was armed and runs slot ${j.from}: the trial fell back or never started`,
+      );
+    }
     await this.#step(j, StepName.STEP_NAME_REBOOT_GATE, () => this.#wait(j, (g) => g.rebootAllowed, "reboot"));
     await this.#step(j, StepName.STEP_NAME_SWITCH_BOOT_SLOT, async () => {
       const s = await p.bootloader.read();
       // A power cut after the arm write but before the journal: armed already, never re-armed
       // (re-arming would reset the count of trial boots).
       if (!(s.bootPart === j.target && s.upgradeAvailable)) {
-        if (!j.armAttempted) await this.#advance(j, j.phase, { armAttempted: true });
+        if (!j.armAttempted) await this.#advance(j, j.phase, { armAttempted: true, armBootId: await p.bootId() });
         await this.#envWrite("arm", () => armTrial(p.bootloader, j.target));
       }
     });
