@@ -11,6 +11,9 @@ export interface Version {
   raw: string;
 }
 
+/** The error code of a string that is not a release version. */
+export const VERSION_INVALID = "VERSION_INVALID";
+
 const ID = "(?:0|[1-9]\\d*|\\d*[a-zA-Z-][0-9a-zA-Z-]*)";
 const VERSION_RE = new RegExp(`^v(0|[1-9]\\d{0,8})\\.(0|[1-9]\\d{0,8})\\.(0|[1-9]\\d{0,8})(?:-(${ID}(?:\\.${ID})*))?$`);
 const MINOR_RE = /^v(0|[1-9]\d{0,8})\.(0|[1-9]\d{0,8})$/;
@@ -21,7 +24,7 @@ export function isVersion(s: string): boolean {
 
 export function parseVersion(s: string): Version {
   const m = s.length <= 64 ? VERSION_RE.exec(s) : null;
-  if (!m) throw invalidArgument(`"${truncate(s)}" is not a release version (want vMAJOR.MINOR.PATCH, e.g. v1.34.6)`, "VERSION_INVALID");
+  if (!m) throw invalidArgument(`"${truncate(s)}" is not a release version (want vMAJOR.MINOR.PATCH, e.g. v1.34.6)`, VERSION_INVALID);
   return {
     major: Number(m[1]),
     minor: Number(m[2]),

@@ -9,6 +9,7 @@ import type { KvCatalogStore } from "./adapters/kv-store.ts";
 import { openImage, type ImageSourceOptions } from "./adapters/image-source.ts";
 import { edgeKey, findPath, graphEdges, LATEST, resolveTarget, type CatalogView, type TargetKind } from "./domain/graph.ts";
 import { parseMonok8sCatalog } from "./domain/monok8s.ts";
+import { CatalogCode } from "./errors.ts";
 
 type Release = catalog.Release;
 
@@ -142,7 +143,7 @@ export class Catalog {
   get(version: string): Release {
     checkVersion(version);
     const r = this.#store.release(version);
-    if (!r) throw notFound(`release ${version} is not in the catalog`, "RELEASE_NOT_FOUND");
+    if (!r) throw notFound(`release ${version} is not in the catalog`, CatalogCode.RELEASE_NOT_FOUND);
     return r;
   }
 
@@ -169,14 +170,14 @@ export class Catalog {
     checkVersion(version);
     checkReason(reason);
     const r = await this.#store.updateRelease(version, (cur) => ({ ...cur, blocked: true, blockReason: reason }));
-    if (!r) throw notFound(`release ${version} is not in the catalog`, "RELEASE_NOT_FOUND");
+    if (!r) throw notFound(`release ${version} is not in the catalog`, CatalogCode.RELEASE_NOT_FOUND);
     return r;
   }
 
   async unblock(version: string): Promise<Release> {
     checkVersion(version);
     const r = await this.#store.updateRelease(version, (cur) => ({ ...cur, blocked: false, blockReason: "" }));
-    if (!r) throw notFound(`release ${version} is not in the catalog`, "RELEASE_NOT_FOUND");
+    if (!r) throw notFound(`release ${version} is not in the catalog`, CatalogCode.RELEASE_NOT_FOUND);
     return r;
   }
 
@@ -205,7 +206,7 @@ export class Catalog {
       return { name, version: "", computed: false };
     }
     checkVersion(version);
-    if (!this.#store.release(version)) throw notFound(`release ${version} is not in the catalog`, "RELEASE_NOT_FOUND");
+    if (!this.#store.release(version)) throw notFound(`release ${version} is not in the catalog`, CatalogCode.RELEASE_NOT_FOUND);
     const alias = { name, version, computed: false };
     await this.#store.putAlias(alias);
     return alias;
@@ -271,7 +272,7 @@ function sameImages(a: events.ReleaseManifest, b: events.ReleaseManifest): boole
 }
 
 function checkVersion(v: string): void {
-  if (!v) throw invalidArgument("version is required (e.g. v1.34.6)", "VERSION_INVALID");
+  if (!v) throw invalidArgument("version is required (e.g. v1.34.6)", CatalogCode.VERSION_INVALID);
   parseVersion(v);
 }
 
@@ -280,9 +281,9 @@ function checkBoard(b: string): void {
 }
 
 function checkTarget(t: string): void {
-  if (!t) throw invalidArgument("target is required: a version (v1.35.2), a minor (v1.35) or an alias (stable, latest)", "TARGET_INVALID");
+  if (!t) throw invalidArgument("target is required: a version (v1.35.2), a minor (v1.35) or an alias (stable, latest)", CatalogCode.TARGET_INVALID);
   if (t.length > 64 || !(isVersion(t) || /^v\d+\.\d+$/.test(t) || ALIAS_RE.test(t))) {
-    throw invalidArgument(`target "${truncate(t)}" is not a version (v1.35.2), a minor (v1.35) or an alias name`, "TARGET_INVALID");
+    throw invalidArgument(`target "${truncate(t)}" is not a version (v1.35.2), a minor (v1.35) or an alias name`, CatalogCode.TARGET_INVALID);
   }
 }
 

@@ -21,6 +21,8 @@ export const SERVICE = "ferry.planner.v1.PlannerService";
 export interface PlannerApp extends App {
   port(): number;
   isLeader(): boolean;
+  /** This leadership's term (0 when not leading): the fencing token in every assignment. */
+  term(): number;
   controller(): Controller | undefined;
 }
 
@@ -69,6 +71,7 @@ export function createApp(config: Config, logger: Logger, over: PlannerOverrides
   return {
     port: () => server.port,
     isLeader: () => lease?.isLeader() === true,
+    term: () => (lease?.isLeader() ? lease.term : 0),
     controller: () => controller,
     async start() {
       nc = await connectNats({
@@ -137,6 +140,7 @@ export function createApp(config: Config, logger: Logger, over: PlannerOverrides
               distributorUrl: config.distributorUrl ?? "",
               originFallback: config.originFallback,
               isLeader: () => lease?.isLeader() === true,
+              term: lease?.term ?? 0,
               onConflict: (why) => {
                 log.error({ why }, "rollout state changed under this leader; stepping down");
                 void lease?.resign();

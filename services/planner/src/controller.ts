@@ -11,7 +11,7 @@
 import { jetstreamManager, jetstream, AckPolicy, DeliverPolicy, type JsMsg, type ConsumerMessages } from "@nats-io/jetstream";
 import { events, planner } from "@ferry/proto";
 import { EVENTS_STREAM, eventFilter, type KV, type NatsConnection } from "@ferry/messaging";
-import type { Logger } from "@ferry/runtime";
+import { unavailable, type Logger } from "@ferry/runtime";
 import type { Inventory } from "./adapters/inventory.ts";
 import type { UpgradeStore } from "./adapters/upgrade-store.ts";
 import type { InventoryNode } from "./domain/plan.ts";
@@ -57,6 +57,8 @@ export interface ControllerDeps {
   originFallback: boolean;
   /** Checked before every write: false once the lease is lost. */
   isLeader: () => boolean;
+  /** This leadership's term, written into every assignment (the nodes' fencing token). */
+  term: number;
   /** Called when a write found someone else's revision: this process must stop leading. */
   onConflict: (why: string) => void;
 }
@@ -65,6 +67,10 @@ interface Working {
   u: planner.Upgrade;
   revision: number;
   dirty: boolean;
+  /** Changes made to `u` so far, and how many of them are in KV: a write that returns
+   * clears only what it carried, so a change made while it was in flight is never lost. */
+  changes: number;
+  persisted: number;
 }
 
 export class Controller {
@@ -98,7 +104,8 @@ export class Controller {
   /** Becomes the writer: loads state and assignments, subscribes, starts ticking. */
   async start(): Promise<void> {
     this.#stopped = false;
-    for (const s of await this.#d.store.load()) this.#working.set(s.upgrade.id, { u: s.upgrade, revision: s.revision, dirty: false });
+    for (const s of await this.#d.store.load())
+      this.#working.set(s.upgrade.id, { u: s.upgrade, revision: s.revision, dirty: false, changes: 0, persisted: 0 });
     for await (const k of await this.#d.assignments.keys()) {
       const e = await this.#d.assignments.get(k);
       if (e?.operation === "PUT" && e.value.length > 0) {
@@ -166,7 +173,7 @@ export class Controller {
     }
     const w = this.#working.get(e.upgradeId);
     if (w && applyEvent(w.u, e)) {
-      w.dirty = true;
+      markChanged(w);
       this.ingested++;
     }
     this.#unacked.push(m);
@@ -225,7 +232,7 @@ export class Controller {
       }
       if (u.phase === P.UPGRADE_PHASE_PENDING || (u.phase === P.UPGRADE_PHASE_PAUSED && !stagingDone(u))) this.#stage(x);
       const d = decide(u, w);
-      if (d.changed) x.dirty = true;
+      if (d.changed) markChanged(x);
       const plans = new Map(u.plan.map((p) => [p.node, p]));
       const gate = (node: string, kind: "reboot" | "commit", check: () => Promise<true | string>) => {
         const g = u.progress.find((p) => p.node === node)!;
@@ -234,10 +241,10 @@ export class Controller {
           if (kind === "reboot") g.rebootGranted = true;
           else g.commitGranted = true;
           g.message = `${kind} granted`;
-          x.dirty = true;
+          markChanged(x);
         } else if (g.message !== r) {
           g.message = r;
-          x.dirty = true;
+          markChanged(x);
         }
       };
       for (const node of d.rebootReady) gate(node, "reboot", () => this.#d.gates.drain(node, u.id).then(() => true as const));
@@ -252,9 +259,11 @@ export class Controller {
       if (!this.#d.isLeader()) return void this.#unacked.unshift(...toAck);
       summarize(x.u);
       x.u.updatedAt = new Date();
+      const carried = x.changes; // store.update encodes x.u before its first await
       try {
         x.revision = await this.#d.store.update(x.u, x.revision);
-        x.dirty = false;
+        x.persisted = Math.max(x.persisted, carried);
+        if (x.changes === carried) x.dirty = false;
       } catch (err) {
         this.#unacked.unshift(...toAck);
         this.#d.onConflict((err as Error).message);
@@ -299,6 +308,7 @@ export class Controller {
         const want = desiredAssignment(u, g, plans.get(g.node)!, {
           distributorUrls: this.#urlsFor(g.node),
           originFallback: this.#d.originFallback,
+          term: this.#d.term,
         });
         if (want) {
           const key = assignmentKey(want);
@@ -335,7 +345,7 @@ export class Controller {
       if (stagingDone(x.u) && x.u.phase === P.UPGRADE_PHASE_PENDING) {
         x.u.phase = P.UPGRADE_PHASE_RUNNING;
         x.u.message = "running";
-        x.dirty = true;
+        markChanged(x);
       }
       return;
     }
@@ -350,7 +360,7 @@ export class Controller {
         released: true,
         staged: true,
       };
-      x.dirty = true;
+      markChanged(x);
       return this.#stage(x);
     }
     const ac = new AbortController();
@@ -362,7 +372,7 @@ export class Controller {
             x.u,
             (s) => {
               x.u.staging = s;
-              x.dirty = true;
+              markChanged(x);
               void this.kick();
             },
             ac.signal,
@@ -371,7 +381,7 @@ export class Controller {
         } catch (err) {
           if (ac.signal.aborted) return;
           x.u.staging = { ...(x.u.staging ?? emptyStaging()), message: `staging failed (attempt ${attempt}), retrying: ${(err as Error).message}` };
-          x.dirty = true;
+          markChanged(x);
           this.#d.log.warn({ upgrade: id, err: (err as Error).message }, "staging failed; retrying");
           void this.kick();
           await new Promise((r) => setTimeout(r, Math.min(30_000, 1000 * attempt)));
@@ -388,7 +398,7 @@ export class Controller {
     try {
       await this.#d.stager!.release(x.u);
       x.u.staging = { ...(x.u.staging ?? emptyStaging()), released: true };
-      x.dirty = true;
+      markChanged(x);
     } catch (err) {
       this.#d.log.warn({ upgrade: x.u.id, err: (err as Error).message }, "unpinning the upgrade's images failed; will retry");
     }
@@ -398,17 +408,29 @@ export class Controller {
 
   /** Adds a new upgrade (already written to KV by the caller). */
   adopt(u: planner.Upgrade, revision: number): void {
-    this.#working.set(u.id, { u, revision, dirty: false });
+    this.#working.set(u.id, { u, revision, dirty: false, changes: 0, persisted: 0 });
   }
 
+  /**
+   * Applies an operator's change and resolves once it is in KV: a call that answers has its
+   * effect persisted (else UNAVAILABLE: this planner lost the lease or the write failed).
+   */
   async mutate(id: string, fn: (u: planner.Upgrade) => void): Promise<planner.Upgrade> {
     const x = this.#working.get(id);
     if (!x) throw new Error(`upgrade ${id} is not loaded`);
     fn(x.u);
-    x.dirty = true;
-    await this.kick();
+    const mine = markChanged(x);
+    for (let i = 0; i < 3 && x.persisted < mine && !this.#stopped; i++) await this.kick();
+    if (x.persisted < mine)
+      throw unavailable(`upgrade ${id}: the change could not be persisted (leadership lost or NATS away); try again`, "NOT_PERSISTED");
     return x.u;
   }
+}
+
+/** Records a change of the working copy; returns its number. */
+function markChanged(x: Working): number {
+  x.dirty = true;
+  return ++x.changes;
 }
 
 const emptyStaging = (): planner.Staging => ({ images: 0, imagesDone: 0, bytesDone: 0, bytesTotal: 0, message: "", released: false, staged: false });

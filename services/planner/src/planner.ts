@@ -2,7 +2,7 @@
 // commands (leader only: they change rollout state) and the reads (any replica).
 import type { catalog } from "@ferry/proto";
 import { planner } from "@ferry/proto";
-import { GrpcCallError, type TypedClient } from "@ferry/grpc";
+import { GrpcCallError, status, type TypedClient } from "@ferry/grpc";
 import { alreadyExists, failedPrecondition, invalidArgument, notFound, unavailable, type Logger } from "@ferry/runtime";
 import type { Inventory, NodeEntry } from "./adapters/inventory.ts";
 import type { UpgradeStore } from "./adapters/upgrade-store.ts";
@@ -11,6 +11,7 @@ import { HELD, planUpgrade, type InventoryNode, type PathLookup, nodeLabels } fr
 import { isActive, newProgress, nodeDone, summarize } from "./domain/rollout.ts";
 import { parseSelector } from "./domain/selector.ts";
 import { parseWindow } from "./domain/window.ts";
+import { BAD_TARGET_CODES, CatalogCode } from "@ferry/catalog/errors";
 
 const P = planner.UpgradePhase;
 const ID_RE = /^[a-z0-9]([a-z0-9-]{0,38}[a-z0-9])?$/;
@@ -26,6 +27,7 @@ export interface PlannerDeps {
 }
 
 export class Planner {
+  #creating: Promise<unknown> = Promise.resolve();
   readonly #d: PlannerDeps;
 
   constructor(d: PlannerDeps) {
@@ -80,11 +82,10 @@ export class Planner {
         return { ok: true, target: r.targetVersion, hops: r.hops.map((h) => ({ toVersion: h.toVersion, image: h.image!, envelope: h.envelope! })) };
       } catch (err) {
         if (!(err instanceof GrpcCallError) || !err.errorCode) throw unavailable(`catalog: ${(err as Error).message}`, "CATALOG_UNAVAILABLE", err);
-        if (err.errorCode === "DOWNGRADE") return { ok: false, code: HELD.already, reason: `already on ${from}, newer than ${target}` };
-        if (err.errorCode === "WRONG_BOARD" || (err.errorCode === "RELEASE_NOT_FOUND" && /board/.test(err.details)))
-          return { ok: false, code: HELD.wrongBoard, reason: err.details };
-        if (err.errorCode === "NO_PATH") return { ok: false, code: HELD.noPath, reason: err.details };
-        if (["RELEASE_NOT_FOUND", "RELEASE_BLOCKED", "INVALID_VERSION", "INVALID_TARGET", "INVALID_ARGUMENT"].includes(err.errorCode))
+        if (err.errorCode === CatalogCode.DOWNGRADE) return { ok: false, code: HELD.already, reason: `already on ${from}, newer than ${target}` };
+        if (err.errorCode === CatalogCode.WRONG_BOARD) return { ok: false, code: HELD.wrongBoard, reason: err.details };
+        if (err.errorCode === CatalogCode.NO_PATH) return { ok: false, code: HELD.noPath, reason: err.details };
+        if (BAD_TARGET_CODES.has(err.errorCode) || err.code === status.INVALID_ARGUMENT)
           throw invalidArgument(`target "${target}": ${err.details}`, err.errorCode);
         return { ok: false, code: HELD.noPath, reason: err.details };
       }
@@ -118,7 +119,17 @@ export class Planner {
     return c;
   }
 
-  async create(req: planner.CreateUpgradeRequest, signal?: AbortSignal): Promise<planner.Upgrade> {
+  /**
+   * Creates are serialised: each plans against the claims of every upgrade adopted before it,
+   * so two concurrent creates never both take a node (the second sees it CLAIMED).
+   */
+  create(req: planner.CreateUpgradeRequest, signal?: AbortSignal): Promise<planner.Upgrade> {
+    const run = this.#creating.then(() => this.#create(req, signal));
+    this.#creating = run.catch(() => undefined);
+    return run;
+  }
+
+  async #create(req: planner.CreateUpgradeRequest, signal?: AbortSignal): Promise<planner.Upgrade> {
     const ctl = this.#ctl();
     const spec = checkSpec(req.spec);
     if (req.id && !ID_RE.test(req.id))

@@ -4,6 +4,7 @@
 // admits A, and B has an image for the board asked about.
 import { failedPrecondition, notFound } from "@ferry/runtime";
 import { allowedFromAdmits, compareVersions, parseMinor, parseVersion, type Version } from "@ferry/release";
+import { CatalogCode } from "../errors.ts";
 
 export interface GraphRelease {
   version: string;
@@ -63,35 +64,45 @@ export function resolveTarget(view: CatalogView, target: string, board?: string)
   if (/^v\d/.test(target) && !parseMinor(target)) {
     const v = parseVersion(target);
     const n = all.find((x) => x.v.raw === v.raw);
-    if (!n) throw notFound(`release ${target} is not in the catalog`, "RELEASE_NOT_FOUND");
-    if (n.r.blocked) throw failedPrecondition(`release ${target} is blocked${n.r.blockReason ? `: ${n.r.blockReason}` : ""}`, "RELEASE_BLOCKED");
-    if (!forBoard(n, board)) throw failedPrecondition(`release ${target} has no image for board ${board}`, "WRONG_BOARD");
+    if (!n) throw notFound(`release ${target} is not in the catalog`, CatalogCode.RELEASE_NOT_FOUND);
+    if (n.r.blocked)
+      throw failedPrecondition(`release ${target} is blocked${n.r.blockReason ? `: ${n.r.blockReason}` : ""}`, CatalogCode.RELEASE_BLOCKED);
+    if (!forBoard(n, board)) throw failedPrecondition(`release ${target} has no image for board ${board}`, CatalogCode.WRONG_BOARD);
     return { version: n.r.version, kind: "exact" };
   }
   const minor = parseMinor(target);
   if (minor) {
     const n = all.find((x) => x.v.major === minor.major && x.v.minor === minor.minor && usable(x, board));
-    if (!n) throw notFound(`no unblocked release of ${target}${boardNote}`, "RELEASE_NOT_FOUND");
+    if (!n) {
+      if (board !== undefined && all.some((x) => x.v.major === minor.major && x.v.minor === minor.minor && usable(x, undefined)))
+        throw failedPrecondition(`no unblocked release of ${target}${boardNote} (there are for other boards)`, CatalogCode.WRONG_BOARD);
+      throw notFound(`no unblocked release of ${target}${boardNote}`, CatalogCode.RELEASE_NOT_FOUND);
+    }
     return { version: n.r.version, kind: "minor" };
   }
   if (target === LATEST) {
     const n = all.find((x) => usable(x, board));
-    if (!n) throw notFound(`no unblocked release${boardNote}: "latest" names nothing yet`, "RELEASE_NOT_FOUND");
+    if (!n) {
+      if (board !== undefined && all.some((x) => usable(x, undefined)))
+        throw failedPrecondition(`no unblocked release${boardNote} (there are for other boards)`, CatalogCode.WRONG_BOARD);
+      throw notFound(`no unblocked release${boardNote}: "latest" names nothing yet`, CatalogCode.RELEASE_NOT_FOUND);
+    }
     return { version: n.r.version, kind: "alias" };
   }
   const aliased = view.aliases.get(target);
   if (aliased === undefined) {
     const names = [LATEST, ...view.aliases.keys()].sort().join(", ");
-    throw notFound(`unknown target "${target}": not a version (v1.35.2), a minor (v1.35) or an alias (${names})`, "TARGET_NOT_FOUND");
+    throw notFound(`unknown target "${target}": not a version (v1.35.2), a minor (v1.35) or an alias (${names})`, CatalogCode.TARGET_NOT_FOUND);
   }
   const n = all.find((x) => x.r.version === aliased);
-  if (!n) throw failedPrecondition(`alias ${target} points at ${aliased}, which is not in the catalog`, "ALIAS_DANGLING");
+  if (!n) throw failedPrecondition(`alias ${target} points at ${aliased}, which is not in the catalog`, CatalogCode.ALIAS_DANGLING);
   if (n.r.blocked)
     throw failedPrecondition(
       `alias ${target} points at ${aliased}, which is blocked${n.r.blockReason ? `: ${n.r.blockReason}` : ""}`,
-      "RELEASE_BLOCKED",
+      CatalogCode.RELEASE_BLOCKED,
     );
-  if (!forBoard(n, board)) throw failedPrecondition(`alias ${target} points at ${aliased}, which has no image for board ${board}`, "WRONG_BOARD");
+  if (!forBoard(n, board))
+    throw failedPrecondition(`alias ${target} points at ${aliased}, which has no image for board ${board}`, CatalogCode.WRONG_BOARD);
   return { version: aliased, kind: "alias" };
 }
 
@@ -113,13 +124,13 @@ export function findPath(view: CatalogView, from: string, to: string, board?: st
   const start = parseVersion(from);
   const all = nodes(view);
   const target = all.find((n) => n.r.version === to);
-  if (!target) throw notFound(`release ${to} is not in the catalog`, "RELEASE_NOT_FOUND");
+  if (!target) throw notFound(`release ${to} is not in the catalog`, CatalogCode.RELEASE_NOT_FOUND);
   const cmp = compareVersions(target.v, start);
   if (cmp === 0) return [];
   if (cmp < 0)
     throw failedPrecondition(
       `downgrade refused: ${to} is older than ${from} (content that must go back is republished under a newer version)`,
-      "DOWNGRADE",
+      CatalogCode.DOWNGRADE,
     );
   // Intermediate hops: usable releases strictly between start and target.
   const mids = all.filter((n) => usable(n, board) && compareVersions(n.v, start) > 0 && compareVersions(n.v, target.v) < 0);
@@ -145,7 +156,7 @@ export function findPath(view: CatalogView, from: string, to: string, board?: st
     const d = dist.get(b.r.version);
     if (d !== undefined && !edgeRejection(start, b, view, board)) remaining = Math.min(remaining, d + 1);
   }
-  if (remaining === Infinity) throw failedPrecondition(explainNoPath(view, start, target, mids, board), "NO_PATH");
+  if (remaining === Infinity) throw failedPrecondition(explainNoPath(view, start, target, mids, board), CatalogCode.NO_PATH);
   while (remaining > 0) {
     // candidates are newest first, so the first match is the highest version.
     const step = candidates.find((b) => dist.get(b.r.version) === remaining - 1 && !edgeRejection(cur, b, view, board))!;

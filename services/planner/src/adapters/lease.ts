@@ -21,6 +21,7 @@ export class LeaderLease {
   readonly #on: LeaseEvents;
   #timer: NodeJS.Timeout | undefined;
   #revision = 0;
+  #term = 0;
   #acquiredAt = new Date();
   /** The last revision seen of someone else's lease, and when (local clock) it was first seen. */
   #seen: { revision: number; at: number } | undefined;
@@ -39,6 +40,14 @@ export class LeaderLease {
 
   get id(): string {
     return this.#id;
+  }
+
+  /**
+   * The term of this leadership: the lease key's revision when it was taken. Revisions only
+   * grow, so a later leader always has a larger term (the fencing token in assignments).
+   */
+  get term(): number {
+    return this.#term;
   }
 
   /** True while this process holds an unexpired lease (checked before every write). */
@@ -92,6 +101,7 @@ export class LeaderLease {
       this.#acquiredAt = new Date();
       this.#revision = e ? await this.#kv.update(LEASE_KEY, this.#value(), e.revision) : await this.#kv.create(LEASE_KEY, this.#value());
       this.#validUntil = started + this.#leaseMs;
+      this.#term = this.#revision;
       this.#leader = true;
       this.holder = this.#id;
       this.#log.info({ id: this.#id, previous: cur?.holder ?? null }, "elected leader");

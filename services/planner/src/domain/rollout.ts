@@ -102,6 +102,7 @@ export function applyEvent(u: planner.Upgrade, e: events.StepEvent): boolean {
   // The hop ends with the node's report: succeeded (committed) or failed (rolled back).
   if (e.step !== S.STEP_NAME_REPORT || (e.state !== T.STEP_STATE_SUCCEEDED && e.state !== T.STEP_STATE_FAILED)) return true;
   // The hop ended: the node's slot in the reboot lock is released.
+  const wasGranted = g.rebootGranted;
   g.holdsSlot = false;
   g.rebootGranted = false;
   g.commitGranted = false;
@@ -114,7 +115,8 @@ export function applyEvent(u: planner.Upgrade, e: events.StepEvent): boolean {
     g.message = g.runState === R.NODE_RUN_STATE_SUCCEEDED ? `committed ${e.toVersion}` : `committed ${e.toVersion}; next hop in the next phase`;
     return true;
   }
-  if (u.cancelRequested && (e.errorCode === "CANCELLED" || !g.rebootGranted)) {
+  // A cancel ends a node that had not passed its reboot gate; a real failure during a cancel is still a failure.
+  if (u.cancelRequested && (e.errorCode === "CANCELLED" || !wasGranted)) {
     g.runState = R.NODE_RUN_STATE_CANCELLED;
     return true;
   }
@@ -309,7 +311,7 @@ export function desiredAssignment(
   u: planner.Upgrade,
   g: planner.NodeProgress,
   plan: planner.NodePlan,
-  o: { distributorUrls: string[]; originFallback: boolean },
+  o: { distributorUrls: string[]; originFallback: boolean; term: number },
 ): events.Assignment | undefined {
   if (g.runState !== R.NODE_RUN_STATE_ACTIVE) return undefined;
   const version = plan.hops[g.hopIndex]!;
@@ -330,7 +332,7 @@ export function desiredAssignment(
     commitAllowed: g.commitGranted,
     cancel: u.cancelRequested && !g.rebootGranted,
     updatedAt: undefined,
-    // Fencing by the leader's term is not written yet: 0 is accepted by every node.
-    term: 0,
+    // The leader's term: a node refuses an assignment of an older term than it has seen.
+    term: o.term,
   };
 }
