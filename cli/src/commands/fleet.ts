@@ -87,7 +87,7 @@ function upgradeText(u: planner.Upgrade): string {
     rows.push([
       g.node,
       role(plans.get(g.node)?.role ?? events.Role.ROLE_WORKER),
-      runState(g.runState) + (g.canary ? " (canary)" : ""),
+      (g.unreachable ? "UNREACHABLE" : runState(g.runState)) + (g.canary ? " (canary)" : ""),
       `${Math.min(g.hopIndex + 1, g.hopCount)}/${g.hopCount}`,
       g.version,
       stepName(g.step),
@@ -133,8 +133,21 @@ export function registerFleetCommands(program: Command, ctx: Ctx): void {
       ctx.print(planner.Node.toJSON(n), () => `${JSON.stringify(planner.Node.toJSON(n), null, 2)}\n`);
     });
 
+  nodes
+    .command("forget")
+    .argument("<name>")
+    .description("forget a decommissioned node: its heartbeat leaves the inventory (refused while an upgrade claims it)")
+    .option("--reason <text>", "why (logged by the planner)", "")
+    .action(async (name: string, o: { reason: string }) => {
+      await using(ctx, "planner", (c) => c.forgetNode({ name, reason: o.reason }));
+      ctx.print({ forgotten: name }, () => `forgot node ${name}\n`);
+    });
+
   // ---- upgrade ----
-  const up = program.command("upgrade").alias("upgrades").description("fleet rollouts: preview, create, watch, pause, resume, cancel, approve");
+  const up = program
+    .command("upgrade")
+    .alias("upgrades")
+    .description("fleet rollouts: preview, create, watch, pause, resume, cancel, approve, release-node");
   addSpecOptions(up.command("preview").description("dry run: each node's hops, bytes, reboots, the waves, and who is held back and why"), ctx).action(
     async (target: string, o: SpecOpts) => {
       const r = await using(ctx, "planner", (c) => c.previewUpgrade({ spec: toSpec(target, o) }));
@@ -220,6 +233,17 @@ export function registerFleetCommands(program: Command, ctx: Ctx): void {
         ctx.print(planner.Upgrade.toJSON(u), () => `upgrade ${u.id}: ${phase(u.phase)}: ${u.message}\n`);
       });
   }
+
+  up.command("release-node")
+    .argument("<id>")
+    .argument("<node>")
+    .description("free the reboot-lock slot of a node that died holding it (its part ends failed, RELEASED)")
+    .option("--reason <text>", "why (recorded on the node)", "")
+    .option("--force", "also for a control-plane node past its reboot gate (it may be mid-trial: check the board first)")
+    .action(async (id: string, node: string, o: { reason: string; force?: boolean }) => {
+      const u = await using(ctx, "planner", (c) => c.releaseNode({ id, node, reason: o.reason, force: o.force === true }));
+      ctx.print(planner.Upgrade.toJSON(u), () => `upgrade ${u.id}: released ${node}; ${phase(u.phase)}: ${u.message}\n`);
+    });
 
   // ---- cache ----
   const cache = program.command("cache").description("the site image-distributor's cache");

@@ -11,7 +11,17 @@ import { MANUAL_UPGRADE_ID } from "@ferry/messaging";
 import { parseManifest } from "@ferry/release";
 import { join } from "node:path";
 import { AtomicJsonFile, type Logger } from "@ferry/runtime";
-import type { EmitFn, Gates, InstallRequest, Journal, NodeState, RunOutcome } from "./steps/ports.ts";
+import {
+  answered,
+  recordResult,
+  runKey,
+  type EmitFn,
+  type Gates,
+  type InstallRequest,
+  type Journal,
+  type NodeState,
+  type RunOutcome,
+} from "./steps/ports.ts";
 import { InstallError, type Runner } from "./steps/runner.ts";
 import { grantFor, grantOf } from "./domain/gates.ts";
 
@@ -37,7 +47,6 @@ export interface ControllerOptions {
 }
 
 const { StepState } = events;
-const runKey = (upgradeId: string, hopIndex: number) => `${upgradeId}/${hopIndex}`;
 
 /** Download URLs for an assignment: each distributor, then the origin when allowed. */
 export function assignmentUrls(a: events.Assignment, board: string): string[] {
@@ -165,7 +174,7 @@ export class DaemonController {
     }
     if (!a || a.cancel || a.upgradeId.startsWith(MANUAL_UPGRADE_ID)) return;
     const s = await this.#o.state.read();
-    if (s?.lastResult && runKey(s.lastResult.upgradeId, s.lastResult.hopIndex ?? 0) === runKey(a.upgradeId, a.hopIndex)) return; // answered already
+    if (answered(s, a.upgradeId, a.hopIndex)) return; // answered already: its report is in the outbox
     if (s?.committedVersion && s.committedVersion === a.targetVersion) {
       // Already there: say so, so the planner records the hop instead of waiting for it.
       // Under the run lock: no install writes the state meanwhile.
@@ -173,17 +182,15 @@ export class DaemonController {
         .exclusive(async () => {
           const now = await this.#o.state.read();
           if (!now || now.committedVersion !== a.targetVersion) return;
-          await this.#o.state.write({
-            ...now,
-            lastResult: {
-              upgradeId: a.upgradeId,
-              hopIndex: a.hopIndex,
-              version: a.targetVersion,
-              outcome: "committed",
-              code: "ALREADY_THERE",
-              message: "",
-            },
+          recordResult(now, {
+            upgradeId: a.upgradeId,
+            hopIndex: a.hopIndex,
+            version: a.targetVersion,
+            outcome: "committed",
+            code: "ALREADY_THERE",
+            message: "",
           });
+          await this.#o.state.write(now);
           await this.#o.emit({
             ...this.#eventFor(a, a.targetVersion, StepName.STEP_NAME_REPORT),
             state: StepState.STEP_STATE_SUCCEEDED,

@@ -297,4 +297,24 @@ describe("the review's cases", () => {
     expect(last(h)).toMatchObject({ step: S.STEP_NAME_REPORT, state: T.STEP_STATE_FAILED, errorCode: "TRIAL_DID_NOT_BOOT" });
     expect(settledOn(await h.board.bootloader.read(), "A")).toBe(true);
   });
+
+  it("found by the explorer: a run once answered is never run again when an older assignment comes back", async () => {
+    using dir = tempDir();
+    const h = await setup(dir.path);
+    const p = await start(h, h.assignment({ upgradeId: "up-a" }));
+    await waitFor(async () => (await phase(h)) === "readback-ok", { what: "up-a at its reboot gate" });
+    // up-b supersedes up-a (answered CANCELLED); up-b fails in place (a verify refusal: wrong board).
+    await p.controller.setAssignment(h.assignment({ upgradeId: "up-b", envelope: { manifest: Buffer.from("{}"), signatures: [] } }));
+    await waitFor(async () => (await h.state.read())?.lastResult?.upgradeId === "up-b", { what: "up-b answered" });
+    // The old up-a assignment is delivered again, then up-b again: neither runs a second time.
+    await p.controller.setAssignment(h.assignment({ upgradeId: "up-a", rebootAllowed: true }));
+    await p.controller.setAssignment(h.assignment({ upgradeId: "up-b" }));
+    await sleep(300);
+    expect(p.controller.running).toBeUndefined();
+    expect(h.emitted.filter((e) => e.step === S.STEP_NAME_PREFLIGHT && e.state === T.STEP_STATE_STARTED).map((e) => e.upgradeId)).toEqual([
+      "up-a",
+      "up-b",
+    ]);
+    expect(h.envWrites).toEqual([]);
+  });
 });

@@ -15,7 +15,7 @@ import { unavailable, type Logger } from "@ferry/runtime";
 import type { Inventory } from "./adapters/inventory.ts";
 import type { UpgradeStore } from "./adapters/upgrade-store.ts";
 import type { InventoryNode } from "./domain/plan.ts";
-import { applyEvent, decide, desiredAssignment, isActive, nodeDone, summarize, type World } from "./domain/rollout.ts";
+import { applyEvent, decide, desiredAssignment, isActive, nodeDone, RELEASED, summarize, type World } from "./domain/rollout.ts";
 
 const P = planner.UpgradePhase;
 const R = planner.NodeRunState;
@@ -313,9 +313,13 @@ export class Controller {
         if (want) {
           const key = assignmentKey(want);
           if (cur?.key === key) continue;
+          const released = g.errorCode === RELEASED && !isActiveNode(g);
+          // A released node's cancel stays until another upgrade assigns the node.
+          if (released && cur && cur.a.upgradeId !== u.id) continue;
           if (!this.#d.isLeader()) return;
           await this.#d.assignments.put(g.node, events.Assignment.encode({ ...want, updatedAt: new Date() }).finish());
           this.#assigned.set(g.node, { a: want, key });
+          if (released) this.#uncordon(g.node);
           if (g.rebootGranted && !cur?.a.rebootAllowed) this.#d.log.info({ upgrade: u.id, node: g.node, hop: g.hopIndex }, "reboot granted");
         } else if (nodeDone(g) && cur?.a.upgradeId === u.id) {
           // The node reported the end of its hop: its run is over, so the assignment goes.
@@ -434,6 +438,8 @@ function markChanged(x: Working): number {
 }
 
 const emptyStaging = (): planner.Staging => ({ images: 0, imagesDone: 0, bytesDone: 0, bytesTotal: 0, message: "", released: false, staged: false });
+
+const isActiveNode = (g: planner.NodeProgress) => g.runState === R.NODE_RUN_STATE_ACTIVE;
 
 const stagingDone = (u: planner.Upgrade) => u.staging?.staged === true;
 

@@ -1,14 +1,14 @@
 // The planner's operations behind PlannerService: inventory, preview, the upgrade
 // commands (leader only: they change rollout state) and the reads (any replica).
 import type { catalog } from "@ferry/proto";
-import { planner } from "@ferry/proto";
+import { events, planner } from "@ferry/proto";
 import { GrpcCallError, status, type TypedClient } from "@ferry/grpc";
 import { alreadyExists, failedPrecondition, invalidArgument, notFound, unavailable, type Logger } from "@ferry/runtime";
 import type { Inventory, NodeEntry } from "./adapters/inventory.ts";
 import type { UpgradeStore } from "./adapters/upgrade-store.ts";
 import type { Controller } from "./controller.ts";
 import { HELD, planUpgrade, type InventoryNode, type PathLookup, nodeLabels } from "./domain/plan.ts";
-import { isActive, newProgress, nodeDone, summarize } from "./domain/rollout.ts";
+import { isActive, newProgress, nodeDone, RELEASED, summarize } from "./domain/rollout.ts";
 import { parseSelector } from "./domain/selector.ts";
 import { parseWindow } from "./domain/window.ts";
 import { BAD_TARGET_CODES, CatalogCode } from "@ferry/catalog/errors";
@@ -235,6 +235,51 @@ export class Planner {
         u.message = `cancelling${ref.reason ? `: ${ref.reason}` : ""}; nodes past their reboot finish their hop, the others stop`;
       },
     );
+  }
+
+  /**
+   * Frees the slot of a node that died holding it: its part ends FAILED (RELEASED). A
+   * control-plane node past its reboot gate may be mid-trial: releasing it would let another
+   * control-plane node start, so that needs `force`.
+   */
+  releaseNode(req: planner.ReleaseNodeRequest): Promise<planner.Upgrade> {
+    const R = planner.NodeRunState;
+    const find = (u: planner.Upgrade) => u.progress.find((g) => g.node === req.node);
+    return this.#command(
+      { id: req.id, reason: req.reason },
+      (u) => {
+        const g = find(u);
+        if (!g) return `node ${req.node} is not part of it`;
+        if (g.runState !== R.NODE_RUN_STATE_ACTIVE || !g.holdsSlot)
+          return `node ${req.node} holds no slot (it is ${planner.nodeRunStateToJSON(g.runState).replace("NODE_RUN_STATE_", "").toLowerCase()})`;
+        const cp = u.plan.find((p) => p.node === req.node)?.role === events.Role.ROLE_CONTROL_PLANE;
+        if (cp && g.rebootGranted && !req.force)
+          return `control-plane node ${req.node} is past its reboot gate and may be mid-trial: releasing it could put two control-plane nodes in flight; check the board, then pass force`;
+        return undefined;
+      },
+      (u) => {
+        const g = find(u)!;
+        g.runState = R.NODE_RUN_STATE_FAILED;
+        g.holdsSlot = false;
+        g.rebootGranted = false;
+        g.commitGranted = false;
+        g.unreachable = false;
+        g.errorCode = RELEASED;
+        g.message = `released by the operator${req.reason ? `: ${req.reason}` : ""}${req.force ? " (forced)" : ""}`;
+        u.failures += 1;
+      },
+    );
+  }
+
+  /** Forgets a decommissioned node (its heartbeat); refused while an active upgrade claims it. */
+  async forgetNode(req: planner.ForgetNodeRequest): Promise<planner.ForgetNodeResponse> {
+    this.#ctl();
+    if (!this.#d.inventory.nodes.has(req.name)) throw notFound(`node ${req.name} is not in the inventory`, "NODE_NOT_FOUND");
+    const holder = this.claims().get(req.name);
+    if (holder) throw failedPrecondition(`node ${req.name} is claimed by upgrade ${holder}: release it there first`, "NODE_CLAIMED");
+    await this.#d.inventory.forget(req.name);
+    this.#d.log.warn({ node: req.name, reason: req.reason }, "node forgotten");
+    return {};
   }
 
   approve(ref: planner.UpgradeRef): Promise<planner.Upgrade> {

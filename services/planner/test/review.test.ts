@@ -122,3 +122,73 @@ describe("the planner review's cases", () => {
     expect(await codeOf(client.previewUpgrade({ spec: spec({}, "v1.99") }))).toBe("INVALID_ARGUMENT RELEASE_NOT_FOUND");
   });
 });
+
+describe("a node that dies holding a slot", () => {
+  it(
+    "6. shows UNREACHABLE; release-node frees it (refused for a control-plane node mid-trial unless forced), the upgrade and a cancel end, forget removes it",
+    { timeout: 120_000 },
+    async () => {
+      await using site = await Site.start();
+      // The control plane goes first: cp-0 dies as it switches to its trial, past its reboot gate.
+      let fleet: Awaited<ReturnType<typeof site.fleet>> | undefined = undefined;
+      fleet = await site.fleet(boards(3), {
+        stepMs: 5,
+        gatePollMs: 20,
+        onEvent: (name, e) => {
+          if (name === "cp-0" && e.step === events.StepName.STEP_NAME_SWITCH_BOOT_SLOT) fleet?.kill("cp-0");
+        },
+      });
+      const { client } = await site.planner();
+      await waitFor(async () => (await client.listNodes({ selector: "" })).nodes.length === 3);
+      await client.createUpgrade({ spec: spec({ maxUnavailable: 1 }), id: "dead" });
+      const u1 = await untilUpgrade(client, "dead", (u) => u.progress.some((g) => g.node === "cp-0" && g.unreachable), 30_000);
+      expect(u1.progress.find((g) => g.node === "cp-0")!.message).toMatch(/^UNREACHABLE: .*release-node dead cp-0/);
+      // Mid-trial control-plane node: refused unless forced.
+      const refused = await client.releaseNode({ id: "dead", node: "cp-0", reason: "board is dead", force: false }).catch((e: GrpcCallError) => e);
+      expect(status[(refused as GrpcCallError).code]).toBe("FAILED_PRECONDITION");
+      expect((refused as GrpcCallError).details).toMatch(/may be mid-trial.*force/);
+      const released = await client.releaseNode({ id: "dead", node: "cp-0", reason: "board is dead", force: true });
+      expect(released.progress.find((g) => g.node === "cp-0")).toMatchObject({
+        runState: planner.NodeRunState.NODE_RUN_STATE_FAILED,
+        errorCode: "RELEASED",
+        holdsSlot: false,
+      });
+      // The dead node's assignment now says cancel (a deleted one would make a returning daemon wait).
+      const kv = await openBucket(site.nc, BUCKETS.assignments);
+      await waitFor(
+        async () => {
+          const e = await kv.get("cp-0");
+          return e && e.value.length > 0 && events.Assignment.decode(e.value).cancel;
+        },
+        { what: "the cancel assignment" },
+      );
+      // The rest can no longer upgrade past a failed control plane: the upgrade ends.
+      const done = await untilUpgrade(client, "dead", (u) => u.phase !== P.UPGRADE_PHASE_RUNNING && u.phase !== P.UPGRADE_PHASE_PENDING, 30_000);
+      expect(done.phase).toBe(P.UPGRADE_PHASE_FAILED);
+      // Forget the decommissioned node.
+      await waitFor(async () => (await client.listNodes({ selector: "" })).nodes.find((n) => n.status!.name === "cp-0")?.claimedBy === "", {
+        what: "cp-0 unclaimed",
+      });
+      await client.forgetNode({ name: "cp-0", reason: "decommissioned" });
+      expect((await client.listNodes({ selector: "" })).nodes.map((n) => n.status!.name)).toEqual(["worker-1", "worker-2"]);
+      expect(await codeOf(client.forgetNode({ name: "cp-0", reason: "" }))).toBe("NOT_FOUND NODE_NOT_FOUND");
+    },
+  );
+
+  it("6. a cancel completes when a worker died holding a slot, once it is released", async () => {
+    await using site = await Site.start();
+    const fleet = await site.fleet(boards(3, { cp: 0 }), { stepMs: 5, gatePollMs: 20 });
+    const { client } = await site.planner();
+    await waitFor(async () => (await client.listNodes({ selector: "" })).nodes.length === 3);
+    await client.createUpgrade({ spec: spec({ maxUnavailable: 1 }), id: "stuck" });
+    const first = await untilUpgrade(client, "stuck", (u) => u.progress.some((g) => g.holdsSlot));
+    const victim = first.progress.find((g) => g.holdsSlot)!.node;
+    fleet.kill(victim);
+    await client.cancelUpgrade({ id: "stuck", reason: "stop" });
+    await untilUpgrade(client, "stuck", (u) => u.progress.some((g) => g.node === victim && g.unreachable), 30_000);
+    expect(await codeOf(client.forgetNode({ name: victim, reason: "" }))).toBe("FAILED_PRECONDITION NODE_CLAIMED");
+    await client.releaseNode({ id: "stuck", node: victim, reason: "dead", force: false });
+    const end = await untilUpgrade(client, "stuck", (u) => u.phase === P.UPGRADE_PHASE_CANCELLED, 30_000);
+    expect(end.progress.find((g) => g.node === victim)!.errorCode).toBe("RELEASED");
+  });
+});

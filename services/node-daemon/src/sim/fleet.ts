@@ -33,6 +33,8 @@ export interface FleetOptions {
   gatePollMs?: number;
   /** Releases that fail the health check on every board (a bad release). */
   failingVersions?: string[];
+  /** Called with each event a board is about to publish (tests: kill a board at a step). */
+  onEvent?: (board: string, e: events.StepEvent) => void;
 }
 
 const { StepName: S, StepState: T } = events;
@@ -46,6 +48,8 @@ interface Sim extends FleetBoard {
   assignment: events.Assignment | undefined;
   /** The grant the current run holds. */
   grant: Grant | undefined;
+  /** Killed: silent from now on. */
+  dead?: boolean;
   /** The newest planner term seen. */
   term: number;
   busy: boolean;
@@ -62,7 +66,7 @@ export class SimFleet {
 
   constructor(nc: NatsConnection, boards: FleetBoard[], o: FleetOptions = {}) {
     this.#nc = nc;
-    this.#o = { heartbeatMs: 5000, stepMs: 5, gatePollMs: 50, failingVersions: [], ...o };
+    this.#o = { heartbeatMs: 5000, stepMs: 5, gatePollMs: 50, failingVersions: [], onEvent: () => undefined, ...o };
     for (const b of boards) {
       this.boards.set(b.name, {
         ...b,
@@ -101,7 +105,7 @@ export class SimFleet {
   /** The assignment watch delivered a value for one board (undefined: deleted). */
   assign(name: string, a: events.Assignment | undefined): void {
     const b = this.boards.get(name);
-    if (!b) return;
+    if (!b || b.dead) return;
     if (a && Number(a.term ?? 0) < b.term) return; // a stalled former leader
     if (a) b.term = Math.max(b.term, Number(a.term ?? 0));
     b.assignment = a;
@@ -113,6 +117,12 @@ export class SimFleet {
   reconcile(b: Sim): void {
     const a = b.assignment;
     if (a && !a.cancel && !b.busy && !b.done.has(`${a.upgradeId}/${a.hopIndex}`) && b.version !== a.targetVersion) void this.#install(b, a);
+  }
+
+  /** The board dies: no more heartbeats, events or reactions (it holds whatever it held). */
+  kill(name: string): void {
+    const b = this.boards.get(name);
+    if (b) b.dead = true;
   }
 
   stop(): void {
@@ -149,6 +159,7 @@ export class SimFleet {
   }
 
   async #heartbeat(b: Sim): Promise<void> {
+    if (b.dead) return;
     try {
       await this.#nodes?.put(b.name, events.NodeStatus.encode(this.status(b)).finish());
     } catch {
@@ -157,6 +168,7 @@ export class SimFleet {
   }
 
   async #emit(b: Sim, a: events.Assignment, step: events.StepName, state: events.StepState, extra: Partial<events.StepEvent> = {}): Promise<void> {
+    if (b.dead) return new Promise<void>(() => undefined); // a dead board never goes on
     b.seq += 1;
     const e: events.StepEvent = {
       upgradeId: a.upgradeId,
@@ -176,6 +188,8 @@ export class SimFleet {
       time: new Date(),
       ...extra,
     };
+    this.#o.onEvent(b.name, e);
+    if (b.dead) return new Promise<void>(() => undefined);
     const h = headers();
     h.set("Nats-Msg-Id", eventMsgId(b.name, e.seq));
     for (;;) {

@@ -108,7 +108,24 @@ export interface NodeState {
   /** Latest securely attested time (ISO): the newest signed issuedAt the node verified. */
   highWater: string | undefined;
   lastResult: LastResult | undefined;
+  /** The runs (`<upgrade>/<hop>`) this node has answered, newest last (bounded): never run twice. */
+  answered?: string[];
 }
+
+export const runKey = (upgradeId: string, hopIndex: number): string => `${upgradeId}/${hopIndex}`;
+const ANSWERED_KEPT = 64;
+
+/** Records a run's result: the last result, and the run among those answered. */
+export function recordResult(s: NodeState, r: LastResult): void {
+  s.lastResult = r;
+  const k = runKey(r.upgradeId, r.hopIndex);
+  s.answered = [...(s.answered ?? []).filter((x) => x !== k), k].slice(-ANSWERED_KEPT);
+}
+
+/** Whether the node has answered this run already (its report is in the outbox). */
+export const answered = (s: NodeState | undefined, upgradeId: string, hopIndex: number): boolean =>
+  s !== undefined &&
+  ((s.answered ?? []).includes(runKey(upgradeId, hopIndex)) || (s.lastResult?.upgradeId === upgradeId && (s.lastResult.hopIndex ?? 0) === hopIndex));
 
 export interface ImageSpec {
   format: events.Compression;

@@ -26,6 +26,7 @@ import {
   markGood,
   otherSlot,
   PHASES,
+  recordResult,
   revertTo,
   settledOn,
   type EmitFn,
@@ -425,7 +426,7 @@ export class Runner {
         state.committedVersion = j.toVersion;
         state.committedSlot = j.target;
         state.slots[j.target] = { version: j.toVersion, rawSha256: j.image?.rawSha256 ?? "", ...state.slots[j.target], state: "good" };
-        state.lastResult = { upgradeId: j.upgradeId, hopIndex: j.hopIndex, version: j.toVersion, outcome: "committed", code: "", message: "" };
+        recordResult(state, { upgradeId: j.upgradeId, hopIndex: j.hopIndex, version: j.toVersion, outcome: "committed", code: "", message: "" });
         await this.#writeState(state);
       });
       await this.#advance(j, "committed");
@@ -459,7 +460,7 @@ export class Runner {
       if (!env || !settledOn(env, j.from)) return this.#startRollback(j, code, message);
     }
     const state = await this.#state();
-    state.lastResult = { upgradeId: j.upgradeId, hopIndex: j.hopIndex, version: j.toVersion, outcome: "failed", code, message };
+    recordResult(state, { upgradeId: j.upgradeId, hopIndex: j.hopIndex, version: j.toVersion, outcome: "failed", code, message });
     await this.#writeState(state);
     await this.#o.emit({ ...this.#event(j, StepName.STEP_NAME_REPORT), state: StepState.STEP_STATE_FAILED, message, errorCode: code });
     await this.#clear();
@@ -530,14 +531,14 @@ export class Runner {
       state.committedVersion = j.fromVersion || state.committedVersion;
       state.committedSlot = j.from;
     }
-    state.lastResult = {
+    recordResult(state, {
       upgradeId: j.upgradeId,
       hopIndex: j.hopIndex,
       version: j.toVersion,
       outcome: "rolled-back",
       code: f.code,
       message: f.message,
-    };
+    });
     await this.#writeState(state);
     await this.#o.emit({
       ...this.#event(j, StepName.STEP_NAME_REPORT),

@@ -26,7 +26,7 @@ import { powerOn } from "../../src/adapters/bootloader/power-on.ts";
 import { DaemonController } from "../../src/controller.ts";
 import { nodeService } from "../../src/grpc/handlers.ts";
 import { nodeStatus } from "../../src/status.ts";
-import { Halt, type Bootloader, type Journal, type NodeState, type Platform, type SlotName } from "../../src/steps/ports.ts";
+import { Halt, runKey, type Bootloader, type Journal, type NodeState, type Platform, type SlotName } from "../../src/steps/ports.ts";
 import { Runner } from "../../src/steps/runner.ts";
 import { osImage, SimBoard, type Behaviour, type BootloaderTools } from "../../src/sim/board.ts";
 
@@ -84,7 +84,6 @@ export interface Fixtures {
 const ENV_FAIL = (what: string) => Object.assign(new Error(`fw_setenv failed: simulated failure (${what})`), { code: "ENV_WRITE_FAILED" });
 const ENOSPC = () => Object.assign(new Error("ENOSPC: no space left on device, write"), { code: "ENOSPC" });
 const sha = (b: Buffer) => createHash("sha256").update(b).digest("hex");
-const runKey = (u: string, h: number) => `${u}/${h}`;
 
 interface Proc {
   runner: Runner;

@@ -44,6 +44,12 @@ export class Inventory {
     });
   }
 
+  /** Removes a node's heartbeat (a decommissioned node); it comes back if the node heartbeats again. */
+  async forget(name: string): Promise<void> {
+    await this.#kv.purge(name);
+    this.nodes.delete(name);
+  }
+
   /** Replaces the cluster's view of the nodes (from a Node list). */
   setCluster(nodes: Map<string, ClusterNode>): void {
     this.cluster = nodes;

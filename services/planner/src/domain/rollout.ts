@@ -28,6 +28,9 @@ export const TERMINAL_PHASES: ReadonlySet<planner.UpgradePhase> = new Set([
 ]);
 const DONE_NODE: ReadonlySet<planner.NodeRunState> = new Set([R.NODE_RUN_STATE_SUCCEEDED, R.NODE_RUN_STATE_FAILED, R.NODE_RUN_STATE_CANCELLED]);
 
+/** The error code of a node whose slot an operator released (ReleaseNode). */
+export const RELEASED = "RELEASED";
+
 export const isActive = (u: planner.Upgrade) => !TERMINAL_PHASES.has(u.phase);
 export const nodeDone = (g: planner.NodeProgress) => DONE_NODE.has(g.runState);
 
@@ -76,6 +79,7 @@ export function newProgress(p: planner.NodePlan, now: Date, canary: boolean): pl
     commitGranted: false,
     updatedAt: now,
     canary,
+    unreachable: false,
   };
 }
 
@@ -173,6 +177,21 @@ export function decide(u: planner.Upgrade, w: World): Decisions {
     g.updatedAt = w.now;
     d.changed = true;
   };
+
+  // A node in flight that went silent holds its slot until it reports or an operator
+  // releases it (ReleaseNode): say so on the node.
+  for (const g of u.progress) {
+    const silent = g.runState === R.NODE_RUN_STATE_ACTIVE && g.holdsSlot && w.inventory.get(g.node)?.online === false;
+    if (silent !== g.unreachable) {
+      g.unreachable = silent;
+      touch(
+        g,
+        silent
+          ? `UNREACHABLE: silent beyond the offline threshold while holding a slot (ferry upgrade release-node ${u.id} ${g.node} frees it)`
+          : "reachable again",
+      );
+    }
+  }
 
   // Gates of nodes in flight (none while the images are still being staged).
   for (const g of u.phase === P.UPGRADE_PHASE_PENDING ? [] : u.progress) {
@@ -313,8 +332,11 @@ export function desiredAssignment(
   plan: planner.NodePlan,
   o: { distributorUrls: string[]; originFallback: boolean; term: number },
 ): events.Assignment | undefined {
-  if (g.runState !== R.NODE_RUN_STATE_ACTIVE) return undefined;
-  const version = plan.hops[g.hopIndex]!;
+  // A node released by an operator ended without its report: it is told to cancel (a daemon
+  // takes a deleted assignment as "keep waiting"), until another upgrade assigns it.
+  const released = g.runState === R.NODE_RUN_STATE_FAILED && g.errorCode === RELEASED;
+  if (g.runState !== R.NODE_RUN_STATE_ACTIVE && !released) return undefined;
+  const version = plan.hops[Math.min(g.hopIndex, plan.hops.length - 1)]!;
   const rel = u.releases.find((r) => r.version === version);
   const image = rel?.images.find((i) => i.board === plan.board);
   return {
@@ -328,9 +350,9 @@ export function desiredAssignment(
     distributorUrls: o.distributorUrls,
     originFallback: o.originFallback,
     healthTimeoutSeconds: u.spec?.strategy?.healthTimeoutSeconds || 600,
-    rebootAllowed: g.rebootGranted,
-    commitAllowed: g.commitGranted,
-    cancel: u.cancelRequested && !g.rebootGranted,
+    rebootAllowed: !released && g.rebootGranted,
+    commitAllowed: !released && g.commitGranted,
+    cancel: released || (u.cancelRequested && !g.rebootGranted),
     updatedAt: undefined,
     // The leader's term: a node refuses an assignment of an older term than it has seen.
     term: o.term,

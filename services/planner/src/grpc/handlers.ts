@@ -19,5 +19,7 @@ export function plannerHandlers(p: Planner, nc: () => NatsConnection, store: Upg
     resumeUpgrade: async (req) => p.resume(req),
     cancelUpgrade: async (req) => p.cancel(req),
     approveUpgrade: async (req) => p.approve(req),
+    releaseNode: async (req) => p.releaseNode(req),
+    forgetNode: async (req) => p.forgetNode(req),
   };
 }
