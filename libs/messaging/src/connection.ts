@@ -62,6 +62,11 @@ export async function openBucket(nc: NatsConnection, name: string, opts: BucketO
   });
 }
 
+/** Opens a bucket another component owns, for reading, without declaring or changing it. */
+export async function readBucket(nc: NatsConnection, name: string): Promise<KV> {
+  return new Kvm(nc).open(name);
+}
+
 export interface EventsStreamOptions {
   replicas?: number;
   /** How long events are kept (default 30 days). */

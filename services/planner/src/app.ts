@@ -3,10 +3,11 @@
 // tied to readiness (NATS up and the planner's KV mirrored).
 import { catalog, planner } from "@ferry/proto";
 import { createClient, GrpcServer, loadClientOptions } from "@ferry/grpc";
-import { BUCKETS, connectNats, ensureEventsStream, openBucket, type NatsConnection } from "@ferry/messaging";
+import { BUCKETS, connectNats, ensureEventsStream, openBucket, readBucket, type NatsConnection } from "@ferry/messaging";
 import type { App, Logger } from "@ferry/runtime";
 import { Inventory } from "./adapters/inventory.ts";
 import { LeaderLease } from "./adapters/lease.ts";
+import { CatalogBlocks } from "./adapters/catalog-blocks.ts";
 import { KubeGates, loadKubeConfig } from "./adapters/kube-gates.ts";
 import { OSUpgradeController } from "./adapters/osupgrade.ts";
 import { distributorStager } from "./adapters/stager.ts";
@@ -62,6 +63,7 @@ export function createApp(config: Config, logger: Logger, over: PlannerOverrides
   let store: UpgradeStore | undefined;
   let inventory: Inventory | undefined;
   let lease: LeaderLease | undefined;
+  let blocks: CatalogBlocks | undefined;
   let controller: Controller | undefined;
   let connected = false;
   const setReady = () => server.health.set(connected && store?.ready === true);
@@ -97,6 +99,10 @@ export function createApp(config: Config, logger: Logger, over: PlannerOverrides
         description: "Ferry assignments, one key per node, written by the planner",
       });
       const nodes = await openBucket(conn, BUCKETS.nodes, { ...opts, description: "Ferry node status, one key per node, written by that node" });
+      // The catalog's bucket (its only writer is the catalog): mirrored for blocks, retried until it exists.
+      blocks = new CatalogBlocks(() => readBucket(conn, BUCKETS.catalog), log.child({ component: "catalog-blocks" }));
+      blocks.onChange = () => void controller?.kick();
+      blocks.start();
       store = new UpgradeStore(plannerKv);
       await store.start();
       inventory = new Inventory(nodes, config.offlineSeconds * 1000);
@@ -141,6 +147,7 @@ export function createApp(config: Config, logger: Logger, over: PlannerOverrides
               originFallback: config.originFallback,
               isLeader: () => lease?.isLeader() === true,
               term: lease?.term ?? 0,
+              blocks,
               onConflict: (why) => {
                 log.error({ why }, "rollout state changed under this leader; stepping down");
                 void lease?.resign();
@@ -197,6 +204,7 @@ export function createApp(config: Config, logger: Logger, over: PlannerOverrides
       clearInterval(kubeTimer);
       await server.stop(signal);
       await lease?.stop();
+      blocks?.stop();
       await leading;
       inventory?.stop();
       store?.stop();

@@ -15,7 +15,7 @@ import { unavailable, type Logger } from "@ferry/runtime";
 import type { Inventory } from "./adapters/inventory.ts";
 import type { UpgradeStore } from "./adapters/upgrade-store.ts";
 import type { InventoryNode } from "./domain/plan.ts";
-import { applyEvent, decide, desiredAssignment, isActive, nodeDone, RELEASED, summarize, type World } from "./domain/rollout.ts";
+import { applyEvent, decide, desiredAssignment, isActive, nodeDone, RELEASED, summarize, type Blocks, type World } from "./domain/rollout.ts";
 
 const P = planner.UpgradePhase;
 const R = planner.NodeRunState;
@@ -59,6 +59,8 @@ export interface ControllerDeps {
   isLeader: () => boolean;
   /** This leadership's term, written into every assignment (the nodes' fencing token). */
   term: number;
+  /** The catalog's blocks (a blocked release or edge pauses running upgrades). */
+  blocks?: Blocks;
   /** Called when a write found someone else's revision: this process must stop leading. */
   onConflict: (why: string) => void;
 }
@@ -216,7 +218,7 @@ export class Controller {
       const roles = new Map(u.plan.map((p) => [p.node, p.role]));
       for (const g of u.progress) if (g.holdsSlot && roles.get(g.node) === events.Role.ROLE_CONTROL_PLANE) cpSlots.add(g.node);
     }
-    return { now, inventory, cpSlots };
+    return { now, inventory, cpSlots, ...(this.#d.blocks ? { blocks: this.#d.blocks } : {}) };
   }
 
   async #tick(): Promise<void> {

@@ -1,9 +1,9 @@
 // The review's reproduced planner cases as named tests: real nats-server, real catalog,
 // the planner over gRPC, the fast simulated fleet.
 import { describe, expect, it } from "vitest";
-import { events, planner } from "@ferry/proto";
+import { catalog, events, planner } from "@ferry/proto";
 import { BUCKETS, openBucket } from "@ferry/messaging";
-import { status, type GrpcCallError } from "@ferry/grpc";
+import { createClient, status, type GrpcCallError } from "@ferry/grpc";
 import { waitFor } from "@ferry/testing";
 import { decodeUpgrade } from "../src/adapters/upgrade-store.ts";
 import { applyEvent } from "../src/domain/rollout.ts";
@@ -190,5 +190,29 @@ describe("a node that dies holding a slot", () => {
     await client.releaseNode({ id: "stuck", node: victim, reason: "dead", force: false });
     const end = await untilUpgrade(client, "stuck", (u) => u.phase === P.UPGRADE_PHASE_CANCELLED, 30_000);
     expect(end.progress.find((g) => g.node === victim)!.errorCode).toBe("RELEASED");
+  });
+});
+
+describe("blocks after the upgrade was created", () => {
+  it("4. blocking a release pauses a running rollout: nodes before their reboot gate are held with the reason; resume after the unblock goes on", async () => {
+    await using site = await Site.start();
+    await site.fleet(boards(4), { stepMs: 20, gatePollMs: 20 });
+    const { client } = await site.planner();
+    await waitFor(async () => (await client.listNodes({ selector: "" })).nodes.length === 4);
+    await client.createUpgrade({ spec: spec({ maxUnavailable: 1 }, "v1.35"), id: "blocky" });
+    const cat = createClient(catalog.CatalogServiceService, site.catalogAddr);
+    await cat.blockRelease({ version: "v1.35.1", reason: "bad kernel" });
+    const paused = await untilUpgrade(client, "blocky", (u) => u.phase === P.UPGRADE_PHASE_PAUSED, 30_000);
+    expect(paused.message).toMatch(/^paused: release v1.35.1 is blocked: bad kernel/);
+    expect(paused.progress.some((g) => g.message === "held: release v1.35.1 is blocked: bad kernel")).toBe(true);
+    // Resuming while it is still blocked pauses it again.
+    await client.resumeUpgrade({ id: "blocky", reason: "" });
+    await untilUpgrade(client, "blocky", (u) => u.phase === P.UPGRADE_PHASE_PAUSED && /blocked/.test(u.message), 30_000);
+    await cat.unblockRelease({ version: "v1.35.1" });
+    await new Promise((r) => setTimeout(r, 300));
+    await client.resumeUpgrade({ id: "blocky", reason: "fixed" });
+    const done = await untilUpgrade(client, "blocky", (u) => u.phase === P.UPGRADE_PHASE_SUCCEEDED, 60_000);
+    expect(done.progress.every((g) => g.version === "v1.35.1")).toBe(true);
+    cat.close();
   });
 });

@@ -134,9 +134,17 @@ export function applyEvent(u: planner.Upgrade, e: events.StepEvent): boolean {
   return true;
 }
 
+/** The catalog's blocks: why a release, or an edge, is blocked (undefined: it is not). */
+export interface Blocks {
+  release(version: string): string | undefined;
+  edge(from: string, to: string): string | undefined;
+}
+
 export interface World {
   now: Date;
   inventory: ReadonlyMap<string, InventoryNode>;
+  /** The catalog's current blocks (none when absent). */
+  blocks?: Blocks;
   /** Control-plane nodes holding a reboot-lock slot in any upgrade (updated as nodes start). */
   cpSlots: Set<string>;
 }
@@ -177,6 +185,21 @@ export function decide(u: planner.Upgrade, w: World): Decisions {
     g.updatedAt = w.now;
     d.changed = true;
   };
+
+  // A release or an edge blocked after the upgrade was created holds every node that has
+  // not passed its reboot gate: the upgrade pauses, saying why (resume re-checks).
+  if (w.blocks && (u.phase === P.UPGRADE_PHASE_RUNNING || u.phase === P.UPGRADE_PHASE_PENDING) && !u.cancelRequested) {
+    const why = blockedHops(u, plans, w.blocks);
+    if (why.size > 0) {
+      for (const [node, reason] of why) {
+        const g = u.progress.find((x) => x.node === node)!;
+        if (g.message !== `held: ${reason}`) touch(g, `held: ${reason}`);
+      }
+      u.phase = P.UPGRADE_PHASE_PAUSED;
+      u.message = `paused: ${[...new Set(why.values())].slice(0, 3).join("; ")}; resume once it is unblocked, or cancel`;
+      d.changed = true;
+    }
+  }
 
   // A node in flight that went silent holds its slot until it reports or an operator
   // releases it (ReleaseNode): say so on the node.
@@ -263,6 +286,21 @@ export function decide(u: planner.Upgrade, w: World): Decisions {
     d.changed = true;
   }
   return d;
+}
+
+/** Nodes that have not passed their reboot gate and whose next hop is blocked, with why. */
+function blockedHops(u: planner.Upgrade, plans: Map<string, planner.NodePlan>, b: Blocks): Map<string, string> {
+  const out = new Map<string, string>();
+  for (const g of u.progress) {
+    if (nodeDone(g) || g.rebootGranted || g.hopIndex >= g.hopCount) continue;
+    const to = plans.get(g.node)?.hops[g.hopIndex];
+    if (!to) continue;
+    const r = b.release(to);
+    const e = b.edge(g.version, to);
+    if (r !== undefined) out.set(g.node, `release ${to} is blocked${r ? `: ${r}` : ""}`);
+    else if (e !== undefined) out.set(g.node, `the edge ${g.version} → ${to} is blocked${e ? `: ${e}` : ""}`);
+  }
+  return out;
 }
 
 function startNodes(u: planner.Upgrade, w: World, plans: Map<string, planner.NodePlan>, touch: (g: planner.NodeProgress, m: string) => void): void {
