@@ -23,12 +23,12 @@ export const CONSUMER = "ferry-planner";
 
 /** What a Kubernetes-aware planner checks at the gates; without a cluster every gate passes. */
 export interface ClusterGates {
-  /** Cordons and drains the node before its reboot is granted. */
-  drain(node: string, upgradeId: string): Promise<void>;
+  /** Cordons and drains the node before its reboot is granted; stops when `signal` aborts (leadership lost). */
+  drain(node: string, upgradeId: string, signal?: AbortSignal): Promise<void>;
   /** Whether the cluster agrees the node may commit on `version`; a string says why not (yet). */
   clusterHealthy(node: string, version: string): Promise<true | string>;
   /** After the hop ends (commit or rollback). */
-  release(node: string): Promise<void>;
+  release(node: string, signal?: AbortSignal): Promise<void>;
   /** Mirrors a node's heartbeat (OS version, booted slot, upgrade state) onto the cluster's Node. */
   observe?(status: events.NodeStatus): Promise<void>;
 }
@@ -92,6 +92,8 @@ export class Controller {
   #again = false;
   #waiters: Array<() => void> = [];
   #stopped = true;
+  /** Aborted when this planner stops leading: its drains and uncordons stop first. */
+  #tasks = new AbortController();
   /** Events applied (not counting duplicates), for the benchmark and /metrics. */
   ingested = 0;
 
@@ -106,15 +108,22 @@ export class Controller {
   /** Becomes the writer: loads state and assignments, subscribes, starts ticking. */
   async start(): Promise<void> {
     this.#stopped = false;
+    this.#tasks = new AbortController();
     for (const s of await this.#d.store.load())
       this.#working.set(s.upgrade.id, { u: s.upgrade, revision: s.revision, dirty: false, changes: 0, persisted: 0 });
     for await (const k of await this.#d.assignments.keys()) {
       const e = await this.#d.assignments.get(k);
       if (e?.operation === "PUT" && e.value.length > 0) {
         const a = events.Assignment.decode(e.value);
-        this.#assigned.set(k, { a, key: assignmentKey(a) });
+        if (this.#working.has(a.upgradeId)) this.#assigned.set(k, { a, key: assignmentKey(a) });
+        else {
+          // Written by a former leader for an upgrade that is not in the state: not ours to keep.
+          this.#d.log.warn({ node: k, upgrade: a.upgradeId }, "deleting an assignment of an unknown upgrade");
+          await this.#d.assignments.delete(k);
+        }
       }
     }
+    // Every other key is rewritten under this leader's term by the first tick (its bytes differ).
     const jsm = await jetstreamManager(this.#d.nc);
     const config = {
       durable_name: CONSUMER,
@@ -151,6 +160,7 @@ export class Controller {
 
   async stop(): Promise<void> {
     this.#stopped = true;
+    this.#tasks.abort();
     clearInterval(this.#timer);
     for (const c of this.#staging.values()) c.abort();
     this.#staging.clear();
@@ -249,7 +259,7 @@ export class Controller {
           markChanged(x);
         }
       };
-      for (const node of d.rebootReady) gate(node, "reboot", () => this.#d.gates.drain(node, u.id).then(() => true as const));
+      for (const node of d.rebootReady) gate(node, "reboot", () => this.#d.gates.drain(node, u.id, this.#tasks.signal).then(() => true as const));
       for (const node of d.commitReady) {
         const hop = u.progress.find((p) => p.node === node)!.hopIndex;
         gate(node, "commit", () => this.#d.gates.clusterHealthy(node, plans.get(node)?.hops[hop] ?? ""));
@@ -286,7 +296,7 @@ export class Controller {
       this.#gateResults.delete(key);
       return true;
     }
-    if (!this.#gateTasks.has(key) && (!r || Date.now() - r.at > 1000)) {
+    if (!this.#stopped && !this.#gateTasks.has(key) && (!r || Date.now() - r.at > 1000)) {
       this.#gateTasks.add(key);
       void check()
         .then(
@@ -336,7 +346,10 @@ export class Controller {
 
   /** Uncordons (if Ferry cordoned it) beside the loop; the gates retry while the API is away. */
   #uncordon(node: string): void {
-    void this.#d.gates.release(node).catch((err: unknown) => this.#d.log.error({ node, err: (err as Error).message }, "releasing the node failed"));
+    if (this.#stopped) return;
+    void this.#d.gates
+      .release(node, this.#tasks.signal)
+      .catch((err: unknown) => this.#d.log.error({ node, err: (err as Error).message }, "releasing the node failed"));
   }
 
   #urlsFor(node: string): string[] {

@@ -60,9 +60,10 @@ export class KubeGates implements ClusterGates {
   }
 
   /** Retries while the API server is unreachable or answers 5xx/429; other errors are final. */
-  async #call<T>(what: string, fn: () => Promise<T>, deadline = Date.now() + this.#drainTimeoutMs): Promise<T> {
+  async #call<T>(what: string, fn: () => Promise<T>, deadline = Date.now() + this.#drainTimeoutMs, signal?: AbortSignal): Promise<T> {
     let delay = this.#retryMs;
     for (let attempt = 1; ; attempt++) {
+      signal?.throwIfAborted();
       try {
         return await fn();
       } catch (err) {
@@ -70,26 +71,39 @@ export class KubeGates implements ClusterGates {
         const retryable = code === undefined || code === 429 || code >= 500;
         if (!retryable || Date.now() > deadline) throw new Error(`${what}: ${describe(err)}`, { cause: err });
         if (attempt === 1 || attempt % 10 === 0) this.#log.warn({ what, attempt, err: describe(err) }, "Kubernetes API call failed; retrying");
-        await sleep(delay);
+        await sleep(delay, signal);
         delay = Math.min(5000, delay * 2);
       }
     }
   }
 
-  async drain(node: string, upgradeId: string): Promise<void> {
+  async drain(node: string, upgradeId: string, signal?: AbortSignal): Promise<void> {
     const deadline = Date.now() + this.#drainTimeoutMs;
-    const n = await this.#call(`read node ${node}`, () => this.#api.readNode({ name: node }), deadline);
+    const n = await this.#call(`read node ${node}`, () => this.#api.readNode({ name: node }), deadline, signal);
     if (!n.spec?.unschedulable) {
-      await this.#call(`cordon ${node}`, () =>
-        this.#api.patchNode({ name: node, body: { spec: { unschedulable: true }, metadata: { annotations: { [CORDONED_BY]: upgradeId } } } }, merge),
+      await this.#call(
+        `cordon ${node}`,
+        () =>
+          this.#api.patchNode(
+            { name: node, body: { spec: { unschedulable: true }, metadata: { annotations: { [CORDONED_BY]: upgradeId } } } },
+            merge,
+          ),
+        deadline,
+        signal,
       );
       this.#log.info({ node, upgradeId }, "cordoned");
       await this.#event(node, "Normal", "FerryCordoned", `cordoned by Ferry for upgrade ${upgradeId}; draining before the OS reboot`);
     }
     let backoff = this.#retryMs;
     for (;;) {
+      signal?.throwIfAborted(); // this planner lost the lease: a new leader drains
       const pods = (
-        await this.#call(`list pods on ${node}`, () => this.#api.listPodForAllNamespaces({ fieldSelector: `spec.nodeName=${node}` }), deadline)
+        await this.#call(
+          `list pods on ${node}`,
+          () => this.#api.listPodForAllNamespaces({ fieldSelector: `spec.nodeName=${node}` }),
+          deadline,
+          signal,
+        )
       ).items.filter(evictable);
       if (pods.length === 0) break;
       if (Date.now() > deadline) {
@@ -114,7 +128,7 @@ export class KubeGates implements ClusterGates {
         }
       }
       // Pods still terminating: look again soon; evictions refused (429): back off, to 5 s.
-      await sleep(refused ? backoff : this.#retryMs);
+      await sleep(refused ? backoff : this.#retryMs, signal);
       backoff = refused ? Math.min(5000, backoff * 2) : this.#retryMs;
     }
     this.#log.info({ node, upgradeId }, "drained");
@@ -196,11 +210,14 @@ export class KubeGates implements ClusterGates {
     }
   }
 
-  async release(node: string): Promise<void> {
-    const n = await this.#call(`read node ${node}`, () => this.#api.readNode({ name: node }));
+  async release(node: string, signal?: AbortSignal): Promise<void> {
+    const n = await this.#call(`read node ${node}`, () => this.#api.readNode({ name: node }), undefined, signal);
     if (!n.metadata?.annotations?.[CORDONED_BY]) return; // not ours: an operator's cordon stays
-    await this.#call(`uncordon ${node}`, () =>
-      this.#api.patchNode({ name: node, body: { spec: { unschedulable: null }, metadata: { annotations: { [CORDONED_BY]: null } } } }, merge),
+    await this.#call(
+      `uncordon ${node}`,
+      () => this.#api.patchNode({ name: node, body: { spec: { unschedulable: null }, metadata: { annotations: { [CORDONED_BY]: null } } } }, merge),
+      undefined,
+      signal,
     );
     this.#log.info({ node }, "uncordoned");
     await this.#event(node, "Normal", "FerryUncordoned", "uncordoned by Ferry after its OS upgrade step");
