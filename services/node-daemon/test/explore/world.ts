@@ -26,7 +26,7 @@ import { powerOn } from "../../src/adapters/bootloader/power-on.ts";
 import { DaemonController } from "../../src/controller.ts";
 import { nodeService } from "../../src/grpc/handlers.ts";
 import { nodeStatus } from "../../src/status.ts";
-import { Halt, runKey, type Bootloader, type Journal, type NodeState, type Platform, type SlotName } from "../../src/steps/ports.ts";
+import { answered, Halt, runKey, type Bootloader, type Journal, type NodeState, type Platform, type SlotName } from "../../src/steps/ports.ts";
 import { Runner } from "../../src/steps/runner.ts";
 import { osImage, SimBoard, type Behaviour, type BootloaderTools } from "../../src/sim/board.ts";
 
@@ -535,8 +535,7 @@ export class World {
     if (this.#proc.controller.running || (await this.#journal.read())) return false;
     const a = this.kv;
     if (!a || a.cancel) return true;
-    const r = (await this.#state.read())?.lastResult;
-    return r !== undefined && r.upgradeId === a.upgradeId && r.hopIndex === a.hopIndex;
+    return answered(await this.#state.read(), a.upgradeId, a.hopIndex);
   }
 
   async #checkAtRest(): Promise<void> {
