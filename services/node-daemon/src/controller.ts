@@ -13,6 +13,8 @@ import { join } from "node:path";
 import { AtomicJsonFile, type Logger } from "@ferry/runtime";
 import {
   answered,
+  eventDraft,
+  type EventDraft,
   recordResult,
   runKey,
   type EmitFn,
@@ -227,19 +229,7 @@ export class DaemonController {
     });
   }
 
-  #eventFor(a: events.Assignment, fromVersion: string, step: events.StepName): Omit<events.StepEvent, "seq" | "time" | "node" | "state"> {
-    return {
-      upgradeId: a.upgradeId,
-      hopIndex: a.hopIndex,
-      fromVersion,
-      toVersion: a.targetVersion,
-      step,
-      bytesDone: 0,
-      bytesTotal: 0,
-      rate: 0,
-      etaSeconds: 0,
-      message: "",
-      errorCode: "",
-    };
+  #eventFor(a: events.Assignment, fromVersion: string, step: events.StepName): EventDraft {
+    return eventDraft({ upgradeId: a.upgradeId, hopIndex: a.hopIndex, fromVersion, toVersion: a.targetVersion }, step);
   }
 }

@@ -23,6 +23,22 @@ const tools = JSON.parse(
   execFileSync(join(repoRoot, "scripts/ensure-bootloader-tools.sh"), { encoding: "utf8", stdio: ["ignore", "pipe", "inherit"] }),
 );
 
+/** The daemon's configuration on a simulated board on v1.33.5, its data and keyring under `dir`. */
+const daemonConfig = (node: string, dir: string, board: SimBoard, natsUrl: string, over: Record<string, string> = {}) =>
+  loadConfig({
+    FERRY_NODE_NAME: node,
+    FERRY_OS_VERSION: "v1.33.5",
+    FERRY_BOARD: "ls1046a",
+    FERRY_DATA_DIR: join(dir, "data"),
+    FERRY_NATS_URL: natsUrl,
+    FERRY_GRPC_ADDR: "127.0.0.1:0",
+    FERRY_KEYRING_FILE: join(dir, "keyring.json"),
+    FERRY_SLOT_A: board.slotPath("A"),
+    FERRY_SLOT_B: board.slotPath("B"),
+    FERRY_SLOT_KIND: "file",
+    ...over,
+  });
+
 describe("node-daemon with NATS", () => {
   const dir = tempDir("ferry-daemon-");
   const key = generateKeyPair();
@@ -49,20 +65,7 @@ describe("node-daemon with NATS", () => {
 
     writeFileSync(join(dir.path, "keyring.json"), formatKeyringJson([key.publicPem], 1));
     const board = await SimBoard.create(join(dir.path, "board"), tools, osImage("v1.33.5", "healthy", 256 * 1024));
-    const config = loadConfig({
-      FERRY_NODE_NAME: "edge-1.site-a",
-      FERRY_SLOT_KIND: "file",
-      FERRY_OS_VERSION: "v1.33.5",
-      FERRY_BOARD: "ls1046a",
-      FERRY_DATA_DIR: join(dir.path, "data"),
-      FERRY_NATS_URL: nats.url,
-      FERRY_GRPC_ADDR: "127.0.0.1:0",
-      FERRY_KEYRING_FILE: join(dir.path, "keyring.json"),
-      FERRY_SLOT_A: board.slotPath("A"),
-      FERRY_SLOT_B: board.slotPath("B"),
-      FERRY_DISTRIBUTOR_URL: distributor,
-      FERRY_HEARTBEAT_MS: "200",
-    });
+    const config = daemonConfig("edge-1.site-a", dir.path, board, nats.url, { FERRY_DISTRIBUTOR_URL: distributor, FERRY_HEARTBEAT_MS: "200" });
     const start = async (): Promise<DaemonApp> => {
       const app = createApp(config, pino({ level: "silent" }), { platform: board.platform() });
       await app.start();
@@ -125,18 +128,7 @@ describe("node-daemon with NATS", () => {
     const { zst, envelope } = signedRelease([loadSigningKey(key.privatePem)], "v1.34.6", "healthy", { size: 1024 * 1024, url });
     writeFileSync(join(d.path, "keyring.json"), formatKeyringJson([key.publicPem], 1));
     const board = await SimBoard.create(join(d.path, "board"), tools, osImage("v1.33.5", "healthy", 256 * 1024));
-    const config = loadConfig({
-      FERRY_SLOT_KIND: "file",
-      FERRY_NODE_NAME: "edge-2",
-      FERRY_OS_VERSION: "v1.33.5",
-      FERRY_BOARD: "ls1046a",
-      FERRY_DATA_DIR: join(d.path, "data"),
-      FERRY_NATS_URL: nats.url,
-      FERRY_GRPC_ADDR: "127.0.0.1:0",
-      FERRY_KEYRING_FILE: join(d.path, "keyring.json"),
-      FERRY_SLOT_A: board.slotPath("A"),
-      FERRY_SLOT_B: board.slotPath("B"),
-    });
+    const config = daemonConfig("edge-2", d.path, board, nats.url);
     let app = createApp(config, pino({ level: "silent" }), { platform: board.platform() });
     await app.start();
     let local = createClient(nodepb.NodeServiceService, `127.0.0.1:${app.port()}`);
@@ -196,19 +188,7 @@ describe("node-daemon with NATS", () => {
     using d = tempDir("ferry-link-");
     writeFileSync(join(d.path, "keyring.json"), formatKeyringJson([key.publicPem], 1));
     const board = await SimBoard.create(join(d.path, "board"), tools, osImage("v1.33.5", "healthy", 64 * 1024));
-    const config = loadConfig({
-      FERRY_NODE_NAME: "edge-3",
-      FERRY_OS_VERSION: "v1.33.5",
-      FERRY_BOARD: "ls1046a",
-      FERRY_DATA_DIR: join(d.path, "data"),
-      FERRY_NATS_URL: plain.url,
-      FERRY_GRPC_ADDR: "127.0.0.1:0",
-      FERRY_KEYRING_FILE: join(d.path, "keyring.json"),
-      FERRY_SLOT_A: board.slotPath("A"),
-      FERRY_SLOT_B: board.slotPath("B"),
-      FERRY_SLOT_KIND: "file",
-      FERRY_HEARTBEAT_MS: "200",
-    });
+    const config = daemonConfig("edge-3", d.path, board, plain.url, { FERRY_HEARTBEAT_MS: "200" });
     const app = createApp(config, pino({ level: "silent" }), { platform: board.platform() });
     await app.start();
     const local = createClient(nodepb.NodeServiceService, `127.0.0.1:${app.port()}`);
@@ -245,18 +225,7 @@ describe("node-daemon with NATS", () => {
     const { zst, envelope } = signedRelease([loadSigningKey(key.privatePem)], "v1.34.6", "healthy", { size: 256 * 1024, url });
     writeFileSync(join(d.path, "keyring.json"), formatKeyringJson([key.publicPem], 1));
     const board = await SimBoard.create(join(d.path, "board"), tools, osImage("v1.33.5", "healthy", 64 * 1024));
-    const config = loadConfig({
-      FERRY_NODE_NAME: "edge-4",
-      FERRY_OS_VERSION: "v1.33.5",
-      FERRY_BOARD: "ls1046a",
-      FERRY_DATA_DIR: join(d.path, "data"),
-      FERRY_NATS_URL: nats.url,
-      FERRY_GRPC_ADDR: "127.0.0.1:0",
-      FERRY_KEYRING_FILE: join(d.path, "keyring.json"),
-      FERRY_SLOT_A: board.slotPath("A"),
-      FERRY_SLOT_B: board.slotPath("B"),
-      FERRY_SLOT_KIND: "file",
-    });
+    const config = daemonConfig("edge-4", d.path, board, nats.url);
     const code = (p: Promise<unknown>) =>
       p.then(
         () => "OK",

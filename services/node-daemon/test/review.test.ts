@@ -8,7 +8,7 @@ import { tempDir, waitFor } from "@ferry/testing";
 import { harness, last, stepsOf, type Harness } from "./board-harness.ts";
 import { Outbox } from "../src/adapters/outbox.ts";
 import { runningOsVersion } from "../src/app.ts";
-import { settledOn, type RunOutcome } from "../src/steps/ports.ts";
+import { eventDraft, settledOn, type RunOutcome } from "../src/steps/ports.ts";
 
 const { StepName: S, StepState: T } = events;
 let open: Harness[] = [];
@@ -230,20 +230,7 @@ describe("the review's cases", () => {
     using dir = tempDir();
     const box = new Outbox(dir.path, "n1");
     await box.open();
-    const ev = {
-      upgradeId: "u",
-      hopIndex: 0,
-      fromVersion: "",
-      toVersion: "",
-      step: S.STEP_NAME_PREFLIGHT,
-      state: T.STEP_STATE_STARTED,
-      bytesDone: 0,
-      bytesTotal: 0,
-      rate: 0,
-      etaSeconds: 0,
-      message: "",
-      errorCode: "",
-    };
+    const ev = { ...eventDraft({ upgradeId: "u", hopIndex: 0, fromVersion: "", toVersion: "" }, S.STEP_NAME_PREFLIGHT), state: T.STEP_STATE_STARTED };
     await box.append(ev);
     writeFileSync(join(dir.path, "outbox.jsonl"), '{"upgradeId":"u","seq":', { flag: "a" }); // a power cut mid-append
     const again = new Outbox(dir.path, "n1");

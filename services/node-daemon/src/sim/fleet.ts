@@ -13,7 +13,7 @@ import { events } from "@ferry/proto";
 import { BUCKETS, eventMsgId, eventSubject, openBucket, type KV, type NatsConnection } from "@ferry/messaging";
 import { sleep } from "@ferry/runtime";
 import { afterBoot, grantFor, grantOf, nextGrant } from "../domain/gates.ts";
-import type { Grant } from "../steps/ports.ts";
+import { eventDraft, type Grant } from "../steps/ports.ts";
 
 export type FleetBehaviour = "healthy" | "fails-health" | "never-boots";
 
@@ -171,19 +171,9 @@ export class SimFleet {
     if (b.dead) return new Promise<void>(() => undefined); // a dead board never goes on
     b.seq += 1;
     const e: events.StepEvent = {
-      upgradeId: a.upgradeId,
+      ...eventDraft({ upgradeId: a.upgradeId, hopIndex: a.hopIndex, fromVersion: b.version, toVersion: a.targetVersion }, step),
       node: b.name,
-      hopIndex: a.hopIndex,
-      fromVersion: b.version,
-      toVersion: a.targetVersion,
-      step,
       state,
-      bytesDone: 0,
-      bytesTotal: 0,
-      rate: 0,
-      etaSeconds: 0,
-      message: "",
-      errorCode: "",
       seq: b.seq,
       time: new Date(),
       ...extra,

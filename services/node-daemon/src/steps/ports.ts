@@ -192,6 +192,26 @@ export interface InstallRequest {
 
 export type EmitFn = (e: Omit<events.StepEvent, "seq" | "time" | "node">) => Promise<void>;
 
+/** A step event of one run before its state, sequence, time and node are set. */
+export type EventDraft = Omit<events.StepEvent, "seq" | "time" | "node" | "state">;
+
+/** The draft of a step event for a run, with every other field zero. */
+export function eventDraft(run: { upgradeId: string; hopIndex: number; fromVersion: string; toVersion: string }, step: events.StepName): EventDraft {
+  return {
+    upgradeId: run.upgradeId,
+    hopIndex: run.hopIndex,
+    fromVersion: run.fromVersion,
+    toVersion: run.toVersion,
+    step,
+    bytesDone: 0,
+    bytesTotal: 0,
+    rate: 0,
+    etaSeconds: 0,
+    message: "",
+    errorCode: "",
+  };
+}
+
 export type RunOutcome = "idle" | "rebooting" | "committed" | "rolled-back" | "failed";
 
 /**

@@ -30,6 +30,8 @@ import {
   revertTo,
   settledOn,
   type EmitFn,
+  eventDraft,
+  type EventDraft,
   type FaultPoint,
   type Gates,
   type Grant,
@@ -221,20 +223,8 @@ export class Runner {
     return out;
   }
 
-  #event(j: Journal, step: events.StepName): Omit<events.StepEvent, "seq" | "time" | "node" | "state"> {
-    return {
-      upgradeId: j.upgradeId,
-      hopIndex: j.hopIndex,
-      fromVersion: j.fromVersion,
-      toVersion: j.toVersion,
-      step,
-      bytesDone: 0,
-      bytesTotal: 0,
-      rate: 0,
-      etaSeconds: 0,
-      message: "",
-      errorCode: "",
-    };
+  #event(j: Journal, step: events.StepName): EventDraft {
+    return eventDraft(j, step);
   }
 
   async #advance(j: Journal, phase: Phase, patch: Partial<Journal> = {}): Promise<void> {
