@@ -73,7 +73,16 @@ export class NatsServer implements AsyncDisposable {
         ``,
       ].join("\n"),
     );
-    const proc = spawn(natsServerBinary(), ["-c", conf], { stdio: ["ignore", "pipe", "pipe"] });
+    // The server runs under a small shell that leads its own process group and ends it when
+    // this process is gone: a test that times out (and never disposes it) leaks no server.
+    // On SIGTERM the shell waits for the server's own shutdown, so its exit means the server's.
+    const watch = [
+      `"$0" -c "$1" & s=$!`,
+      `trap 'kill -TERM $s 2>/dev/null; wait $s; exit 0' TERM`,
+      `while kill -0 ${process.pid} 2>/dev/null && kill -0 $s 2>/dev/null; do sleep 1; done`,
+      `kill -9 $s 2>/dev/null; wait $s`,
+    ].join("; ");
+    const proc = spawn("sh", ["-c", watch, natsServerBinary(), conf], { stdio: ["ignore", "pipe", "pipe"], detached: true });
     this.#proc = proc;
     let log = "";
     this.port = await new Promise<number>((resolve, reject) => {
@@ -104,7 +113,7 @@ export class NatsServer implements AsyncDisposable {
     const p = this.#proc;
     if (!p || p.exitCode !== null || p.signalCode !== null) return;
     const exited = new Promise((r) => p.once("exit", r));
-    p.kill(hard ? "SIGKILL" : "SIGTERM");
+    process.kill(-p.pid!, hard ? "SIGKILL" : "SIGTERM"); // the group: the server and its watcher
     await exited;
   }
 
