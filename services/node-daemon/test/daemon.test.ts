@@ -95,7 +95,8 @@ describe("node-daemon with NATS", () => {
     await waitFor(
       async () => {
         const e = await nodes.get("edge-1.site-a");
-        return e && events.NodeStatus.decode(e.value).currentVersion === "v1.34.6";
+        const s = e && events.NodeStatus.decode(e.value);
+        return s && s.currentVersion === "v1.34.6" && s.state === events.NodeState.NODE_STATE_IDLE;
       },
       { what: "the status heartbeat with the new version" },
     );
