@@ -4,7 +4,7 @@
 import { describe, expect, it } from "vitest";
 import { events } from "@ferry/proto";
 import { connectNats, ensureEventsStream } from "@ferry/messaging";
-import { NatsServer, tempDir } from "@ferry/testing";
+import { NatsServer, tempDir, waitFor } from "@ferry/testing";
 import { SimFleet } from "../src/sim/fleet.ts";
 import { harness, type Harness } from "./board-harness.ts";
 
@@ -86,9 +86,14 @@ describe("SimFleet has the real daemon's gate semantics", () => {
           await p.controller.reconcile();
           await p.controller.setAssignment(a);
         }
-        await settle();
-        const got = { daemon: await daemonAt(h), sim: simAt(fleet) };
-        expect(got, what).toEqual({ daemon: want, sim: want });
+        // Both settle where the sequence says (the real daemon writes a slot: give it time on a loaded machine).
+        const at = async () => ({ daemon: await daemonAt(h), sim: simAt(fleet) });
+        await waitFor(async () => JSON.stringify(await at()) === JSON.stringify({ daemon: want, sim: want }), {
+          timeoutMs: 15_000,
+          what: what,
+        }).catch(() => undefined);
+        await settle(); // and stay there
+        expect(await at(), what).toEqual({ daemon: want, sim: want });
       }
     } finally {
       fleet.stop();
