@@ -165,7 +165,7 @@ export class DaemonController {
     const now = (this.#o.now ?? Date.now)();
     if (this.#rebootAskedAt !== undefined && now - this.#rebootAskedAt < (this.#o.rebootGraceMs ?? 5 * 60_000)) return;
     if (this.#running || this.#o.runner.active) {
-      const cur = this.#o.runner.current;
+      const cur = this.#o.runner.runOf;
       if (a && !a.cancel && cur && runKey(cur.upgradeId, cur.hopIndex) !== runKey(a.upgradeId, a.hopIndex)) await this.#answerBusy(a, cur);
       return;
     }
@@ -217,15 +217,15 @@ export class DaemonController {
     void this.launch(() => this.#o.runner.begin(req)).catch(() => undefined);
   }
 
-  async #answerBusy(a: events.Assignment, cur: Journal): Promise<void> {
+  async #answerBusy(a: events.Assignment, cur: { upgradeId: string; hopIndex: number; phase?: string }): Promise<void> {
     const key = runKey(a.upgradeId, a.hopIndex);
     if (this.#answeredBusy.has(key)) return;
     this.#answeredBusy.add(key);
     await this.#o.emit({
-      ...this.#eventFor(a, cur.fromVersion, StepName.STEP_NAME_PREFLIGHT),
+      ...this.#eventFor(a, a.fromVersion, StepName.STEP_NAME_PREFLIGHT),
       state: StepState.STEP_STATE_SKIPPED,
       errorCode: "BUSY",
-      message: `busy with ${cur.upgradeId} hop ${cur.hopIndex} (${cur.phase}); this hop starts when it ends`,
+      message: `busy with ${cur.upgradeId} hop ${cur.hopIndex}${cur.phase ? ` (${cur.phase})` : ""}; this hop starts when it ends`,
     });
   }
 

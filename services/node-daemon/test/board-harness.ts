@@ -55,8 +55,9 @@ export interface Harness {
   close(): void;
 }
 
-export async function harness(dir: string, behaviour: Behaviour = "healthy"): Promise<Harness> {
-  const board = await SimBoard.create(join(dir, "board"), tools, osImage("v1.33.5", "healthy", 64 * 1024));
+/** A simulated board on v1.33.5 (slot A, committed) and its daemon's files on a data partition under `dir`. */
+export async function committedBoard(dir: string, imageBytes: number) {
+  const board = await SimBoard.create(join(dir, "board"), tools, osImage("v1.33.5", "healthy", imageBytes));
   const state = new AtomicJsonFile<NodeState>(join(dir, "data", "state.json"));
   await state.write({
     committedVersion: "v1.33.5",
@@ -65,7 +66,11 @@ export async function harness(dir: string, behaviour: Behaviour = "healthy"): Pr
     highWater: undefined,
     lastResult: undefined,
   });
-  const journal = new AtomicJsonFile<Journal>(join(dir, "data", "journal.json"));
+  return { board, state, journal: new AtomicJsonFile<Journal>(join(dir, "data", "journal.json")) };
+}
+
+export async function harness(dir: string, behaviour: Behaviour = "healthy"): Promise<Harness> {
+  const { board, state, journal } = await committedBoard(dir, 64 * 1024);
   const release = signedRelease([signer], "v1.34.6", behaviour, { size: 1024 * 1024 });
   // Served as the site distributor serves it: /blobs/sha256/<digest of the compressed image>.
   const o = await origin(new Map([[`/blobs/sha256/${sha(release.zst)}`, release.zst]]));

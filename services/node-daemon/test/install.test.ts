@@ -1,23 +1,17 @@
 // Whole installs on a simulated board with the real U-Boot tools: healthy → commit;
 // unhealthy → rollback with the reason; never comes up → the bootloader falls back; bad
 // releases refused before any write; gates withheld; resuming after a crash mid-way.
-import { execFileSync } from "node:child_process";
 import { readFileSync, writeFileSync } from "node:fs";
 import { createServer, type Server } from "node:http";
-import { join } from "node:path";
 import { afterEach, describe, expect, it } from "vitest";
 import { events } from "@ferry/proto";
 import { createKeyring, generateKeyPair, loadSigningKey, type SigningKey } from "@ferry/signing";
-import { repoRoot, tempDir } from "@ferry/testing";
-import { AtomicJsonFile } from "@ferry/runtime";
-import { osImage, SimBoard, type Behaviour } from "../src/sim/board.ts";
+import { tempDir } from "@ferry/testing";
+import type { Behaviour } from "../src/sim/board.ts";
+import { committedBoard } from "./board-harness.ts";
 import { signedRelease } from "./fixtures.ts";
 import { Runner } from "../src/steps/runner.ts";
-import type { Gates, Grant, Journal, NodeState, RunOutcome } from "../src/steps/ports.ts";
-
-const tools = JSON.parse(
-  execFileSync(join(repoRoot, "scripts/ensure-bootloader-tools.sh"), { encoding: "utf8", stdio: ["ignore", "pipe", "inherit"] }),
-);
+import type { Gates, Grant, RunOutcome } from "../src/steps/ports.ts";
 const BOARD = "ls1046a";
 const key = generateKeyPair();
 const signer = loadSigningKey(key.privatePem);
@@ -49,16 +43,7 @@ const release = (version: string, behaviour: Behaviour, opts: { board?: string; 
 
 /** A board on v1.33.5 (slot A, committed) with its daemon's files on a data partition. */
 async function setup(dir: string) {
-  const board = await SimBoard.create(join(dir, "board"), tools, osImage("v1.33.5", "healthy", 512 * 1024));
-  const state = new AtomicJsonFile<NodeState>(join(dir, "data", "state.json"));
-  await state.write({
-    committedVersion: "v1.33.5",
-    committedSlot: "A",
-    slots: { A: { version: "v1.33.5", state: "good", rawSha256: "" } },
-    highWater: undefined,
-    lastResult: undefined,
-  });
-  const journal = new AtomicJsonFile<Journal>(join(dir, "data", "journal.json"));
+  const { board, state, journal } = await committedBoard(dir, 512 * 1024);
   const emitted: events.StepEvent[] = [];
   const gates = { reboot: true, commit: true, cancel: false };
   // The planner's side: the newest assignment's gates, for upgrade up-1 hop 0.

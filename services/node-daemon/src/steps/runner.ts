@@ -27,6 +27,8 @@ export class Runner {
   /** Held from the first line of begin()/run() to their end: one run at a time in this process. */
   #active = false;
   #journal: Journal | undefined;
+  /** The run this process is on, known from the first line of begin() (before its journal exists). */
+  #runOf: { upgradeId: string; hopIndex: number } | undefined;
 
   constructor(o: RunnerOptions) {
     this.#o = o;
@@ -41,6 +43,7 @@ export class Runner {
   async begin(req: InstallRequest): Promise<RunOutcome> {
     if (this.#active) throw new InstallError("BUSY", "an install is already in progress");
     this.#active = true;
+    this.#runOf = { upgradeId: req.upgradeId, hopIndex: req.hopIndex };
     try {
       const state = await this.#ctx.state();
       const booted = await this.#o.platform.bootedSlot();
@@ -68,6 +71,7 @@ export class Runner {
       return await this.#run(j);
     } finally {
       this.#active = false;
+      this.#runOf = undefined;
     }
   }
 
@@ -92,6 +96,13 @@ export class Runner {
     } finally {
       this.#active = false;
     }
+  }
+
+  /** Which run holds this process (its upgrade and hop), even before its journal is written. */
+  get runOf(): { upgradeId: string; hopIndex: number; phase?: string } | undefined {
+    if (!this.#active) return undefined;
+    const j = this.#journal;
+    return j ? { upgradeId: j.upgradeId, hopIndex: j.hopIndex, phase: j.phase } : this.#runOf;
   }
 
   /** The journal of the run in progress in this process, if any. */
