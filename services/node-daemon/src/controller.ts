@@ -27,7 +27,6 @@ import {
 import { InstallError, type Runner } from "./steps/runner.ts";
 import { grantFor, grantOf } from "./domain/gates.ts";
 
-export { grantOf } from "./domain/gates.ts";
 import { StepName } from "./steps/registry.ts";
 
 export interface ControllerOptions {
@@ -50,9 +49,12 @@ export interface ControllerOptions {
 
 const { StepState } = events;
 
+/** Where a distributor serves a blob: `<base>/blobs/sha256/<digest>`. */
+export const blobUrl = (base: string, digest: string): string => `${base.replace(/\/+$/, "")}/blobs/sha256/${digest}`;
+
 /** Download URLs for an assignment: each distributor, then the origin when allowed. */
 export function assignmentUrls(a: events.Assignment, board: string): string[] {
-  const urls = a.distributorUrls.map((u) => `${u.replace(/\/+$/, "")}/blobs/sha256/${a.blobDigest}`);
+  const urls = a.distributorUrls.map((u) => blobUrl(u, a.blobDigest));
   if (a.originFallback && a.envelope) {
     try {
       const origin = parseManifest(a.envelope.manifest).images.find((i) => i.board === board)?.url;

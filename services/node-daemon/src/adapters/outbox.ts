@@ -4,7 +4,7 @@
 // the outbox; the per-node sequence is monotonic and never reused, across restarts and
 // after the delivered part of the outbox is compacted away.
 import { EventEmitter } from "node:events";
-import { open, readFile, stat } from "node:fs/promises";
+import { open, readFile } from "node:fs/promises";
 import { dirname, join } from "node:path";
 import { jetstream } from "@nats-io/jetstream";
 import { headers, type NatsConnection } from "@nats-io/nats-core";
@@ -39,6 +39,8 @@ export class Outbox extends EventEmitter<{ event: [events.StepEvent]; delivered:
   #cursor: Cursor = { lastSeq: 0, delivered: 0 };
   #pending: events.StepEvent[] = [];
   #appending: Promise<void> = Promise.resolve();
+  /** The outbox file's name is on disk (its directory fsynced since it was created). */
+  #nameDurable = false;
   /** Recent events kept in memory for WatchEvents replays. */
   readonly recent: events.StepEvent[] = [];
 
@@ -114,10 +116,6 @@ export class Outbox extends EventEmitter<{ event: [events.StepEvent]; delivered:
   append(e: Omit<events.StepEvent, "seq" | "time" | "node">): Promise<events.StepEvent> {
     const run = this.#appending.then(async () => {
       const full: events.StepEvent = { ...e, node: this.node, seq: this.#cursor.lastSeq + 1, time: new Date() };
-      const created = await stat(this.#file).then(
-        () => false,
-        () => true,
-      );
       const fh = await open(this.#file, "a");
       try {
         await fh.appendFile(`${JSON.stringify(events.StepEvent.toJSON(full))}\n`);
@@ -125,7 +123,11 @@ export class Outbox extends EventEmitter<{ event: [events.StepEvent]; delivered:
       } finally {
         await fh.close();
       }
-      if (created) await fsyncDir(dirname(this.#file)); // the new name survives a power cut too
+      if (!this.#nameDurable) {
+        // The first append of this process may have created the file: its name must survive a power cut too.
+        await fsyncDir(dirname(this.#file));
+        this.#nameDurable = true;
+      }
       this.#cursor.lastSeq = full.seq;
       this.#pending.push(full);
       this.#remember(full);

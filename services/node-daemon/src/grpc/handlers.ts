@@ -6,7 +6,7 @@ import { MANUAL_UPGRADE_ID } from "@ferry/messaging";
 import { imageFor, parseManifest } from "@ferry/release";
 import { failedPrecondition, invalidArgument, type AtomicJsonFile, type Logger } from "@ferry/runtime";
 import type { Journal } from "../steps/ports.ts";
-import type { DaemonController } from "../controller.ts";
+import { blobUrl, type DaemonController } from "../controller.ts";
 import type { Outbox } from "../adapters/outbox.ts";
 import type { Runner } from "../steps/runner.ts";
 import { reached } from "../steps/runner.ts";
@@ -65,11 +65,7 @@ export function nodeService(d: HandlerDeps): Implementation<typeof nodepb.NodeSe
         throw invalidArgument(`the envelope's manifest is not valid: ${(err as Error).message}`, "MANIFEST_INVALID");
       }
       const img = imageFor(manifest, d.board);
-      const urls = [
-        req.url,
-        d.distributorUrl && img ? `${d.distributorUrl.replace(/\/+$/, "")}/blobs/sha256/${img.compressedSha256}` : "",
-        img?.url ?? "",
-      ].filter(Boolean);
+      const urls = [req.url, d.distributorUrl && img ? blobUrl(d.distributorUrl, img.compressedSha256) : "", img?.url ?? ""].filter(Boolean);
       const id = `${MANUAL_UPGRADE_ID}-${Date.now()}`;
       // launch() throws BUSY synchronously when a run holds the daemon; the runner's journal
       // is created exclusively, so a racing reconcile cannot start a second writer either.

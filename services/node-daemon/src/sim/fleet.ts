@@ -7,8 +7,7 @@
 // daemon's rules (domain/gates.ts): closed unless granted, a deleted assignment keeps
 // waiting, older terms refused, a cancel sticks, another hop supersedes the run, a commit
 // grant counts only after the trial boot. test/fleet.test.ts runs both on one sequence.
-import { jetstream } from "@nats-io/jetstream";
-import { headers } from "@nats-io/nats-core";
+import { jetstreamPublisher, type PublishFn } from "../adapters/outbox.ts";
 import { events } from "@ferry/proto";
 import { BUCKETS, eventMsgId, eventSubject, openBucket, type KV, type NatsConnection } from "@ferry/messaging";
 import { sleep } from "@ferry/runtime";
@@ -63,9 +62,11 @@ export class SimFleet {
   readonly #o: Required<FleetOptions>;
   readonly #stop = new AbortController();
   #nodes: KV | undefined;
+  readonly #publish: PublishFn;
 
   constructor(nc: NatsConnection, boards: FleetBoard[], o: FleetOptions = {}) {
     this.#nc = nc;
+    this.#publish = jetstreamPublisher(nc);
     this.#o = { heartbeatMs: 5000, stepMs: 5, gatePollMs: 50, failingVersions: [], onEvent: () => undefined, ...o };
     for (const b of boards) {
       this.boards.set(b.name, {
@@ -180,11 +181,9 @@ export class SimFleet {
     };
     this.#o.onEvent(b.name, e);
     if (b.dead) return new Promise<void>(() => undefined);
-    const h = headers();
-    h.set("Nats-Msg-Id", eventMsgId(b.name, e.seq));
     for (;;) {
       try {
-        await jetstream(this.#nc).publish(eventSubject(a.upgradeId, b.name), events.StepEvent.encode(e).finish(), { headers: h });
+        await this.#publish(eventSubject(a.upgradeId, b.name), events.StepEvent.encode(e).finish(), eventMsgId(b.name, e.seq));
         return;
       } catch {
         if (this.#stop.signal.aborted) return;
