@@ -68,7 +68,6 @@ export interface ControllerDeps {
 interface Working {
   u: planner.Upgrade;
   revision: number;
-  dirty: boolean;
   /** Changes made to `u` so far, and how many of them are in KV: a write that returns
    * clears only what it carried, so a change made while it was in flight is never lost. */
   changes: number;
@@ -109,8 +108,7 @@ export class Controller {
   async start(): Promise<void> {
     this.#stopped = false;
     this.#tasks = new AbortController();
-    for (const s of await this.#d.store.load())
-      this.#working.set(s.upgrade.id, { u: s.upgrade, revision: s.revision, dirty: false, changes: 0, persisted: 0 });
+    for (const s of await this.#d.store.load()) this.#working.set(s.upgrade.id, { u: s.upgrade, revision: s.revision, changes: 0, persisted: 0 });
     for await (const k of await this.#d.assignments.keys()) {
       const e = await this.#d.assignments.get(k);
       if (e?.operation === "PUT" && e.value.length > 0) {
@@ -267,7 +265,7 @@ export class Controller {
     }
     // Persist, then ack, then command.
     for (const x of this.#working.values()) {
-      if (!x.dirty) continue;
+      if (x.persisted === x.changes) continue; // nothing new to write
       if (!this.#d.isLeader()) return void this.#unacked.unshift(...toAck);
       summarize(x.u);
       x.u.updatedAt = new Date();
@@ -275,7 +273,6 @@ export class Controller {
       try {
         x.revision = await this.#d.store.update(x.u, x.revision);
         x.persisted = Math.max(x.persisted, carried);
-        if (x.changes === carried) x.dirty = false;
       } catch (err) {
         this.#unacked.unshift(...toAck);
         this.#d.onConflict((err as Error).message);
@@ -427,7 +424,7 @@ export class Controller {
 
   /** Adds a new upgrade (already written to KV by the caller). */
   adopt(u: planner.Upgrade, revision: number): void {
-    this.#working.set(u.id, { u, revision, dirty: false, changes: 0, persisted: 0 });
+    this.#working.set(u.id, { u, revision, changes: 0, persisted: 0 });
   }
 
   /**
@@ -448,7 +445,6 @@ export class Controller {
 
 /** Records a change of the working copy; returns its number. */
 function markChanged(x: Working): number {
-  x.dirty = true;
   return ++x.changes;
 }
 
