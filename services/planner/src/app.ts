@@ -13,7 +13,8 @@ import { OSUpgradeController } from "./adapters/osupgrade.ts";
 import { distributorStager } from "./adapters/stager.ts";
 import { UpgradeStore } from "./adapters/upgrade-store.ts";
 import type { Config } from "./config.ts";
-import { Controller, NO_CLUSTER, type ClusterGates } from "./controller.ts";
+import { Controller } from "./controller.ts";
+import { NO_CLUSTER, type ClusterGates } from "./ports.ts";
 import { plannerHandlers } from "./grpc/handlers.ts";
 import { Planner } from "./planner.ts";
 
@@ -148,6 +149,7 @@ export function createApp(config: Config, logger: Logger, over: PlannerOverrides
               isLeader: () => lease?.isLeader() === true,
               term: lease?.term ?? 0,
               blocks,
+              historyDays: config.historyDays,
               onConflict: (why) => {
                 log.error({ why }, "rollout state changed under this leader; stepping down");
                 void lease?.resign();
@@ -161,7 +163,7 @@ export function createApp(config: Config, logger: Logger, over: PlannerOverrides
                 osupgrades = new OSUpgradeController(
                   kubeconfig,
                   {
-                    get: (id) => c.upgrades.get(id)?.u,
+                    get: (id) => c.upgrades.get(id)?.u ?? st.get(id)?.upgrade,
                     create: (req) => plannerOps.create(req),
                     pause: (ref) => plannerOps.pause(ref),
                     resume: (ref) => plannerOps.resume(ref),
@@ -196,7 +198,7 @@ export function createApp(config: Config, logger: Logger, over: PlannerOverrides
       setReady();
       lease.start();
       log.info(
-        { port, id: config.id, nodes: inventory.nodes.size, upgrades: store.all().length, kubernetes: gates !== NO_CLUSTER },
+        { port, id: config.id, nodes: inventory.nodes.size, upgrades: store.ids().length, kubernetes: gates !== NO_CLUSTER },
         "planner serving",
       );
     },

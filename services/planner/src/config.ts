@@ -40,6 +40,7 @@ const vars = {
   monok8sBoard: v.string("FERRY_MONOK8S_BOARD", "board id the images of adopted monok8s catalogs are for", ""),
   monok8sArch: v.string("FERRY_MONOK8S_ARCH", "CPU architecture of adopted monok8s images", "arm64"),
   osupgradeIntervalMs: v.int("FERRY_OSUPGRADE_SYNC_MS", "how often the leader looks at OSUpgrade objects", 2000, 100),
+  historyDays: v.int("FERRY_PLANNER_HISTORY_DAYS", "keep finished upgrades this many days, then remove them", 30, 1, 3650),
   replicas: v.int("FERRY_NATS_REPLICAS", "replicas of the planner's KV buckets and the events stream (1, or 3 on a NATS cluster)", 1, 1, 5),
 };
 

@@ -8,7 +8,7 @@ import type { Inventory, NodeEntry } from "./adapters/inventory.ts";
 import type { UpgradeStore } from "./adapters/upgrade-store.ts";
 import type { Controller } from "./controller.ts";
 import { HELD, planUpgrade, type InventoryNode, type PathLookup, nodeLabels } from "./domain/plan.ts";
-import { isActive, newProgress, nodeDone, RELEASED, summarize } from "./domain/rollout.ts";
+import { isActive, newProgress, nodeDone, RELEASED, reportedFailures, summarize } from "./domain/progress.ts";
 import { parseSelector } from "./domain/selector.ts";
 import { parseWindow } from "./domain/window.ts";
 import { BAD_TARGET_CODES, CatalogCode } from "@ferry/catalog/errors";
@@ -52,7 +52,12 @@ export class Planner {
   claims(): Map<string, string> {
     const out = new Map<string, string>();
     const ctl = this.#d.controller();
-    const ups = ctl ? [...ctl.upgrades.values()].map((w) => w.u) : this.#d.store.all().map((s) => s.upgrade);
+    const ups = ctl
+      ? [...ctl.upgrades.values()].map((w) => w.u)
+      : this.#d.store
+          .headers()
+          .filter(isActive)
+          .map((h) => this.#d.store.get(h.id)!.upgrade);
     for (const u of ups) if (isActive(u)) for (const g of u.progress) if (!nodeDone(g)) out.set(g.node, u.id);
     return out;
   }
@@ -170,6 +175,8 @@ export class Planner {
       percent: 0,
       cancelRequested: false,
       cancelReason: "",
+      chunkSize: 0,
+      failuresAccepted: 0,
     };
     summarize(u);
     const revision = await this.#d.store.create(u);
@@ -189,9 +196,9 @@ export class Planner {
     apply: (u: planner.Upgrade) => void,
   ): Promise<planner.Upgrade> {
     const ctl = this.#ctl();
-    const x = ctl.upgrades.get(ref.id);
-    if (!x) throw notFound(`upgrade ${ref.id} not found`, "UPGRADE_NOT_FOUND");
-    const why = check(x.u);
+    const u0 = ctl.upgrades.get(ref.id)?.u ?? this.#d.store.get(ref.id)?.upgrade; // one that left the loop has ended
+    if (!u0) throw notFound(`upgrade ${ref.id} not found`, "UPGRADE_NOT_FOUND");
+    const why = check(u0);
     if (why) throw failedPrecondition(`upgrade ${ref.id}: ${why}`, "WRONG_PHASE");
     const u = await ctl.mutate(ref.id, apply);
     this.#d.log.info({ upgrade: ref.id, phase: planner.upgradePhaseToJSON(u.phase), reason: ref.reason }, "upgrade command");
@@ -220,6 +227,7 @@ export class Planner {
             : undefined,
       (u) => {
         u.phase = u.staging?.staged ? P.UPGRADE_PHASE_RUNNING : P.UPGRADE_PHASE_PENDING;
+        u.failuresAccepted = Math.max(u.failuresAccepted, reportedFailures(u)); // the failure budget counts from here
         u.message = `resumed${ref.reason ? `: ${ref.reason}` : ""}`;
       },
     );
@@ -266,7 +274,7 @@ export class Planner {
         g.unreachable = false;
         g.errorCode = RELEASED;
         g.message = `released by the operator${req.reason ? `: ${req.reason}` : ""}${req.force ? " (forced)" : ""}`;
-        u.failures += 1;
+        summarize(u); // a released node counts as a failure
       },
     );
   }
@@ -326,9 +334,9 @@ export class Planner {
   }
 
   list(): planner.ListUpgradesResponse {
-    const ups = this.#d.store.all().map((s) => s.upgrade);
+    const ups = this.#d.store.headers();
     ups.sort((a, b) => (b.createdAt?.getTime() ?? 0) - (a.createdAt?.getTime() ?? 0));
-    return { upgrades: ups.map((u) => ({ ...u, plan: [], progress: [], releases: [] })) };
+    return { upgrades: ups };
   }
 }
 

@@ -7,7 +7,7 @@ import type { planner } from "@ferry/proto";
 import { events } from "@ferry/proto";
 import { EVENTS_STREAM, eventFilter, type NatsConnection } from "@ferry/messaging";
 import type { UpgradeStore } from "./adapters/upgrade-store.ts";
-import { isActive } from "./domain/rollout.ts";
+import { isActive } from "./domain/progress.ts";
 
 type Item = planner.WatchUpgradeResponse;
 

@@ -3,7 +3,8 @@ import { describe, expect, it } from "vitest";
 import { events, planner } from "@ferry/proto";
 import { parseSelector } from "../src/domain/selector.ts";
 import { inWindow, parseWindow } from "../src/domain/window.ts";
-import { applyEvent, decide, newProgress } from "../src/domain/rollout.ts";
+import { decide } from "../src/domain/rollout.ts";
+import { applyEvent, newProgress } from "../src/domain/progress.ts";
 
 describe("label selectors", () => {
   const labels = { site: "berlin", role: "worker", zone: "a" };
@@ -100,6 +101,8 @@ describe("step events", () => {
     });
     const v = upgrade();
     applyEvent(v, ev(7, S.STEP_NAME_REPORT, T.STEP_STATE_FAILED, { errorCode: "HEALTH_FAILED", message: "kubelet down" }));
+    expect(v.phase).toBe(planner.UpgradePhase.UPGRADE_PHASE_RUNNING); // the event changes the node only
+    decide(v, { now: new Date(), inventory: new Map(), cpSlots: new Set<string>() });
     expect(v.phase).toBe(planner.UpgradePhase.UPGRADE_PHASE_PAUSED);
     expect(v.failures).toBe(1);
     expect(v.message).toMatch(/budget exceeded.*n1 HEALTH_FAILED: kubelet down/);

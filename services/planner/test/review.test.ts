@@ -6,7 +6,7 @@ import { BUCKETS, openBucket } from "@ferry/messaging";
 import { createClient, status, type GrpcCallError } from "@ferry/grpc";
 import { waitFor } from "@ferry/testing";
 import { decodeUpgrade } from "../src/adapters/upgrade-store.ts";
-import { applyEvent } from "../src/domain/rollout.ts";
+import { applyEvent, summarize } from "../src/domain/progress.ts";
 import { boards, Site, untilUpgrade } from "./harness.ts";
 
 const P = planner.UpgradePhase;
@@ -108,6 +108,7 @@ describe("the planner review's cases", () => {
     } as events.StepEvent;
     expect(applyEvent(u, e)).toBe(true);
     expect(u.progress[0]!.runState).toBe(planner.NodeRunState.NODE_RUN_STATE_FAILED);
+    summarize(u);
     expect(u.failures).toBe(1);
   });
 

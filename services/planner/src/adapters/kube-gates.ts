@@ -8,7 +8,7 @@
 import { ApiException, CoreV1Api, KubeConfig, PatchStrategy, setHeaderOptions, type V1Node, type V1Pod } from "@kubernetes/client-node";
 import { sleep, type Logger } from "@ferry/runtime";
 import { events } from "@ferry/proto";
-import type { ClusterGates } from "../controller.ts";
+import type { ClusterGates } from "../ports.ts";
 import type { ClusterNode } from "./inventory.ts";
 
 export const CORDONED_BY = "ferry.dev/cordoned-by";

@@ -4,7 +4,7 @@
 import type { planner } from "@ferry/proto";
 import { distributor } from "@ferry/proto";
 import { createClient, type ClientOptions } from "@ferry/grpc";
-import type { Stager } from "../controller.ts";
+import type { Stager } from "../ports.ts";
 
 interface Image {
   digest: string;

@@ -10,129 +10,18 @@
 //   back; at most one control-plane node holds one (across all upgrades), workers up to
 //   max_unavailable per upgrade. Slots are released by the node's report, never by a timer.
 // - The canary is the first N nodes; after their first hop the rollout waits for approval.
-// - One failure more than the budget pauses the rollout.
+// - One failure more than the budget pauses the rollout (failures are derived from the
+//   progress; resuming accepts the failures so far).
 import { events, planner } from "@ferry/proto";
 import type { InventoryNode } from "./plan.ts";
 import { minorOf } from "./plan.ts";
+import { isActive, nodeDone, RELEASED, reportedFailures, summarize } from "./progress.ts";
 import { inWindow, parseWindow } from "./window.ts";
 
 const { StepName: S, StepState: T } = events;
 const R = planner.NodeRunState;
 const P = planner.UpgradePhase;
 const CP = events.Role.ROLE_CONTROL_PLANE;
-
-export const TERMINAL_PHASES: ReadonlySet<planner.UpgradePhase> = new Set([
-  P.UPGRADE_PHASE_SUCCEEDED,
-  P.UPGRADE_PHASE_FAILED,
-  P.UPGRADE_PHASE_CANCELLED,
-]);
-const DONE_NODE: ReadonlySet<planner.NodeRunState> = new Set([R.NODE_RUN_STATE_SUCCEEDED, R.NODE_RUN_STATE_FAILED, R.NODE_RUN_STATE_CANCELLED]);
-
-/** The error code of a node whose slot an operator released (ReleaseNode). */
-export const RELEASED = "RELEASED";
-
-export const isActive = (u: planner.Upgrade) => !TERMINAL_PHASES.has(u.phase);
-export const nodeDone = (g: planner.NodeProgress) => DONE_NODE.has(g.runState);
-
-/** Fractions of a hop reached when each step succeeds (the write carries most of it). */
-const STEP_WEIGHT: Partial<Record<events.StepName, number>> = {
-  [S.STEP_NAME_PREFLIGHT]: 0.01,
-  [S.STEP_NAME_VERIFY_MANIFEST]: 0.02,
-  [S.STEP_NAME_WRITE_SLOT]: 0.7,
-  [S.STEP_NAME_FSYNC]: 0.72,
-  [S.STEP_NAME_READBACK_VERIFY]: 0.8,
-  [S.STEP_NAME_REBOOT_GATE]: 0.81,
-  [S.STEP_NAME_SWITCH_BOOT_SLOT]: 0.82,
-  [S.STEP_NAME_REBOOT]: 0.85,
-  [S.STEP_NAME_CONFIRM_BOOTED_SLOT]: 0.88,
-  [S.STEP_NAME_POST_BOOT]: 0.92,
-  [S.STEP_NAME_HEALTH_CHECK]: 0.96,
-  [S.STEP_NAME_COMMIT_GATE]: 0.97,
-  [S.STEP_NAME_COMMIT]: 0.99,
-  [S.STEP_NAME_REPORT]: 1,
-};
-
-function hopFraction(e: events.StepEvent): number {
-  if (e.step === S.STEP_NAME_WRITE_SLOT && e.bytesTotal > 0) return 0.02 + 0.68 * Math.min(1, e.bytesDone / e.bytesTotal);
-  const w = STEP_WEIGHT[e.step] ?? 0;
-  return e.state === T.STEP_STATE_SUCCEEDED || e.state === T.STEP_STATE_SKIPPED ? w : Math.max(0, w - 0.01);
-}
-
-export function newProgress(p: planner.NodePlan, now: Date, canary: boolean): planner.NodeProgress {
-  return {
-    node: p.node,
-    hopIndex: 0,
-    hopCount: p.hops.length,
-    step: S.STEP_NAME_UNSPECIFIED,
-    stepState: T.STEP_STATE_UNSPECIFIED,
-    percent: 0,
-    message: "waiting for its turn",
-    version: p.fromVersion,
-    runState: R.NODE_RUN_STATE_PENDING,
-    lastSeq: 0,
-    bytesDone: 0,
-    bytesTotal: 0,
-    etaSeconds: 0,
-    errorCode: "",
-    holdsSlot: false,
-    rebootGranted: false,
-    commitGranted: false,
-    updatedAt: now,
-    canary,
-    unreachable: false,
-  };
-}
-
-/**
- * Applies one step event. Returns false for a duplicate (sequence at or below the last
- * applied one) or an event that is not about the node's current hop, which change nothing.
- */
-export function applyEvent(u: planner.Upgrade, e: events.StepEvent): boolean {
-  const g = u.progress.find((x) => x.node === e.node);
-  if (!g || e.seq <= g.lastSeq) return false;
-  g.lastSeq = e.seq;
-  if (g.runState !== R.NODE_RUN_STATE_ACTIVE || e.hopIndex !== g.hopIndex) return true;
-  g.step = e.step;
-  g.stepState = e.state;
-  g.updatedAt = e.time ?? new Date();
-  if (e.bytesTotal > 0) {
-    g.bytesDone = e.bytesDone;
-    g.bytesTotal = e.bytesTotal;
-  }
-  g.etaSeconds = e.etaSeconds;
-  g.percent = (100 * (g.hopIndex + hopFraction(e))) / Math.max(1, g.hopCount);
-  g.message = e.message || `${events.stepNameToJSON(e.step)} ${events.stepStateToJSON(e.state)}`.replace(/STEP_NAME_|STEP_STATE_/g, "").toLowerCase();
-  if (e.state === T.STEP_STATE_FAILED) g.errorCode = e.errorCode;
-  // The hop ends with the node's report: succeeded (committed) or failed (rolled back).
-  if (e.step !== S.STEP_NAME_REPORT || (e.state !== T.STEP_STATE_SUCCEEDED && e.state !== T.STEP_STATE_FAILED)) return true;
-  // The hop ended: the node's slot in the reboot lock is released.
-  const wasGranted = g.rebootGranted;
-  g.holdsSlot = false;
-  g.rebootGranted = false;
-  g.commitGranted = false;
-  if (e.state === T.STEP_STATE_SUCCEEDED) {
-    g.version = e.toVersion;
-    g.hopIndex += 1;
-    g.errorCode = "";
-    g.runState = g.hopIndex >= g.hopCount ? R.NODE_RUN_STATE_SUCCEEDED : R.NODE_RUN_STATE_BETWEEN_HOPS;
-    g.percent = (100 * g.hopIndex) / Math.max(1, g.hopCount);
-    g.message = g.runState === R.NODE_RUN_STATE_SUCCEEDED ? `committed ${e.toVersion}` : `committed ${e.toVersion}; next hop in the next phase`;
-    return true;
-  }
-  // A cancel ends a node that had not passed its reboot gate; a real failure during a cancel is still a failure.
-  if (u.cancelRequested && (e.errorCode === "CANCELLED" || !wasGranted)) {
-    g.runState = R.NODE_RUN_STATE_CANCELLED;
-    return true;
-  }
-  g.runState = R.NODE_RUN_STATE_FAILED;
-  u.failures += 1;
-  const budget = u.spec?.strategy?.failureBudget ?? 0;
-  if (u.failures > budget && u.phase === P.UPGRADE_PHASE_RUNNING) {
-    u.phase = P.UPGRADE_PHASE_PAUSED;
-    u.message = `paused: failure budget exceeded (${u.failures} failed, budget ${budget}): ${e.node} ${e.errorCode || "FAILED"}: ${e.message}`;
-  }
-  return true;
-}
 
 /** The catalog's blocks: why a release, or an edge, is blocked (undefined: it is not). */
 export interface Blocks {
@@ -151,17 +40,20 @@ export interface World {
 
 export interface Decisions {
   changed: boolean;
+  /** Nodes whose progress this decision changed (their chunk and assignment need writing). */
+  touched: Set<string>;
   /** Nodes waiting at the reboot gate whose reboot may be granted (after draining). */
   rebootReady: string[];
   /** Nodes waiting at the commit gate whose commit may be granted (after cluster checks). */
   commitReady: string[];
 }
 
-const planOf = (u: planner.Upgrade) => new Map(u.plan.map((p) => [p.node, p]));
+export const planOf = (u: planner.Upgrade) => new Map(u.plan.map((p) => [p.node, p]));
 
 /** The oldest control-plane minor known: from this upgrade's progress, else the heartbeats. */
-function oldestCpMinor(u: planner.Upgrade, w: World): number | undefined {
-  const mine = new Map(u.progress.map((g) => [g.node, g.version]));
+function oldestCpMinor(u: planner.Upgrade, w: World, plans: Map<string, planner.NodePlan>): number | undefined {
+  const mine = new Map<string, string>();
+  for (const g of u.progress) if (plans.get(g.node)?.role === CP) mine.set(g.node, g.version);
   let min: number | undefined;
   for (const n of w.inventory.values()) {
     if (n.status.role !== CP) continue;
@@ -173,18 +65,44 @@ function oldestCpMinor(u: planner.Upgrade, w: World): number | undefined {
   return min;
 }
 
-/** Advances one upgrade: starts nodes, cancels, finds gate candidates, ends it. Mutates `u`. */
-export function decide(u: planner.Upgrade, w: World): Decisions {
-  const d: Decisions = { changed: false, rebootReady: [], commitReady: [] };
+/**
+ * Advances one upgrade: starts it once staged, pauses it on a block or the failure budget,
+ * starts nodes, cancels, finds gate candidates, ends it. Mutates `u`; `plans` is `u.plan`
+ * by node (a caller that decides often passes it made once).
+ */
+export function decide(u: planner.Upgrade, w: World, plans: Map<string, planner.NodePlan> = planOf(u)): Decisions {
+  const d: Decisions = { changed: false, touched: new Set(), rebootReady: [], commitReady: [] };
   if (!isActive(u)) return d;
-  const plans = planOf(u);
   const strategy = u.spec?.strategy;
   const window = parseWindow(strategy?.window?.daily ?? "");
   const touch = (g: planner.NodeProgress, message: string) => {
     g.message = message;
     g.updatedAt = w.now;
+    d.touched.add(g.node);
     d.changed = true;
   };
+
+  // Staged: the rollout starts.
+  if (u.phase === P.UPGRADE_PHASE_PENDING && u.staging?.staged) {
+    u.phase = P.UPGRADE_PHASE_RUNNING;
+    u.message = "running";
+    d.changed = true;
+  }
+
+  // One reported failure more than the budget (or than the operator accepted by resuming)
+  // pauses the rollout; a node an operator released does not. Derived from the progress,
+  // never counted: a new leader decides the same.
+  const budget = strategy?.failureBudget ?? 0;
+  const failed = u.phase === P.UPGRADE_PHASE_RUNNING && !u.cancelRequested ? reportedFailures(u) : 0;
+  if (failed > Math.max(budget, u.failuresAccepted)) {
+    let last: planner.NodeProgress | undefined;
+    for (const g of u.progress)
+      if (g.runState === R.NODE_RUN_STATE_FAILED && g.errorCode !== RELEASED && (g.updatedAt?.getTime() ?? 0) >= (last?.updatedAt?.getTime() ?? 0))
+        last = g;
+    u.phase = P.UPGRADE_PHASE_PAUSED;
+    u.message = `paused: failure budget exceeded (${failed} failed, budget ${budget}): ${last?.node} ${last?.errorCode || "FAILED"}: ${last?.message}`;
+    d.changed = true;
+  }
 
   // A release or an edge blocked after the upgrade was created holds every node that has
   // not passed its reboot gate: the upgrade pauses, saying why (resume re-checks).
@@ -285,6 +203,7 @@ export function decide(u: planner.Upgrade, w: World): Decisions {
     u.message = `${why}${ok} of ${u.progress.length} nodes on their target${failed ? `, ${failed} failed` : ""}${skipped ? `, ${skipped} not upgraded` : ""}`;
     d.changed = true;
   }
+  summarize(u);
   return d;
 }
 
@@ -313,7 +232,7 @@ function startNodes(u: planner.Upgrade, w: World, plans: Map<string, planner.Nod
     ...unfinished.map((g) => (g.runState === R.NODE_RUN_STATE_ACTIVE ? minorOf(plans.get(g.node)!.hops[g.hopIndex]!) : nextMinor(g))),
   );
   const roleOf = (g: planner.NodeProgress) => plans.get(g.node)!.role;
-  const cpOldest = oldestCpMinor(u, w);
+  const cpOldest = oldestCpMinor(u, w, plans);
   const start = (g: planner.NodeProgress) => {
     g.runState = R.NODE_RUN_STATE_ACTIVE;
     g.holdsSlot = true;
@@ -354,13 +273,6 @@ function startNodes(u: planner.Upgrade, w: World, plans: Map<string, planner.Nod
     start(g);
     busy++;
   }
-}
-
-/** Summary counters of an upgrade (nodes done/total, overall percent). */
-export function summarize(u: planner.Upgrade): void {
-  u.nodesTotal = u.progress.length;
-  u.nodesDone = u.progress.filter(nodeDone).length;
-  u.percent = u.progress.length === 0 ? 100 : u.progress.reduce((a, g) => a + (nodeDone(g) ? 100 : g.percent), 0) / u.progress.length;
 }
 
 /** The assignment a node should see, or undefined when it should have none. */
