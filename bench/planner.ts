@@ -1,36 +1,41 @@
-// npm run bench:planner [-- --nodes 1000 --preview-nodes 10000 --backlog 20000]
+// npm run bench:planner [-- --nodes 10000 --small-nodes 1000 --preview-nodes 10000 --backlog 20000]
 // The planner (a real process) on a real nats-server (JetStream syncing every write)
 // with the real catalog:
-//  1. a rollout of --nodes boards of the fast simulated fleet (one control plane, the
-//     rest workers, max_unavailable 100), timed, with WatchUpgrade's event latency
-//     (event time → received by a WatchUpgrade client) p50/p99;
+//  1. rollouts of --small-nodes, then --nodes boards of the fast simulated fleet (one
+//     control plane, the rest workers, one hop, max_unavailable 500), each timed, with
+//     WatchUpgrade's event latency (event time → received by a WatchUpgrade client)
+//     p50/p99, the ratio of the two times, and the CPU the simulated fleet (this process),
+//     the planner and nats-server used meanwhile, as shares of the machine;
 //  2. ingest capacity, side by side with its baseline in the same run: a bare publish
 //     loop (awaiting each ack, as the node-daemons publish) writes --backlog step events
-//     while the planner is stopped; the planner is started and its durable consumer is
-//     timed until everything is applied, persisted and acked;
+//     into an active upgrade while the planner is stopped; the planner is started and
+//     its durable consumer is timed until everything is applied, persisted and acked;
 //  3. PreviewUpgrade of --preview-nodes nodes (heartbeats written to KV), median of 5;
-//  4. the planner's peak RSS (VmHWM). Ends with one JSON line.
-import { readFileSync, writeFileSync } from "node:fs";
+//  4. the planner's peak RSS (VmHWM, the highest of its processes). Ends with one JSON line.
+import { readdirSync, readFileSync, writeFileSync } from "node:fs";
+import { availableParallelism } from "node:os";
 import { join } from "node:path";
 import { parseArgs } from "node:util";
-import { jetstream, jetstreamManager } from "@nats-io/jetstream";
+import { DeliverPolicy, jetstream, jetstreamManager } from "@nats-io/jetstream";
 import { headers } from "@nats-io/nats-core";
 import { SimFleet, type FleetBoard } from "@ferry/node-daemon/sim";
 import { catalog, events, planner } from "@ferry/proto";
 import { createClient } from "@ferry/grpc";
-import { BUCKETS, connectNats, ensureEventsStream, eventMsgId, eventSubject, EVENTS_STREAM, openBucket } from "@ferry/messaging";
+import { BUCKETS, connectNats, ensureEventsStream, eventFilter, eventMsgId, eventSubject, EVENTS_STREAM, openBucket } from "@ferry/messaging";
 import { encodeManifest } from "@ferry/release";
 import { formatKeyringJson, generateKeyPair, loadSigningKey, signEnvelope } from "@ferry/signing";
 import { NatsServer, placeholderManifest, ServiceProcess, tempDir, waitFor } from "@ferry/testing";
 
 const { values: args } = parseArgs({
   options: {
-    nodes: { type: "string", default: "1000" },
+    nodes: { type: "string", default: "10000" },
+    "small-nodes": { type: "string", default: "1000" },
     "preview-nodes": { type: "string", default: "10000" },
     backlog: { type: "string", default: "20000" },
   },
 });
 const NODES = Number(args.nodes);
+const SMALL = Number(args["small-nodes"]);
 const PREVIEW = Number(args["preview-nodes"]);
 const BACKLOG = Number(args.backlog);
 const BOARD = "ls1046a";
@@ -41,11 +46,30 @@ const pct = (xs: number[], p: number) => {
 };
 
 const vmHwmMb = (pid: number) => Number(/VmHWM:\s+(\d+)/.exec(readFileSync(`/proc/${pid}/status`, "utf8"))![1]) / 1024;
+const CORES = availableParallelism();
+const TICKS = 100; // USER_HZ
+
+/** CPU seconds (user + system) of every process in process group `pgid`, or of process `pid`. */
+function procCpu(match: (stat: string[], pid: number) => boolean): number {
+  let ticks = 0;
+  for (const d of readdirSync("/proc")) {
+    if (!/^\d+$/.test(d)) continue;
+    try {
+      const raw = readFileSync(`/proc/${d}/stat`, "utf8");
+      const f = raw.slice(raw.lastIndexOf(")") + 2).split(" "); // f[0] is field 3 (state)
+      if (match(f, Number(d))) ticks += Number(f[11]) + Number(f[12]);
+    } catch {
+      // gone meanwhile
+    }
+  }
+  return ticks / TICKS;
+}
 
 async function main() {
   using dir = tempDir("ferry-bench-planner-");
   await using nats = await NatsServer.start();
   const nc = await connectNats({ url: nats.url, name: "bench" });
+  const watchNc = await connectNats({ url: nats.url, name: "bench bare consumer" });
   await ensureEventsStream(nc);
   const kp = generateKeyPair();
   writeFileSync(join(dir.path, "keyring.json"), formatKeyringJson([kp.publicPem], 1));
@@ -56,7 +80,7 @@ async function main() {
   });
   const catalogAddr = `127.0.0.1:${(await cat.waitForLog((l) => l.msg === "catalog serving")).port as number}`;
   const cc = createClient(catalog.CatalogServiceService, catalogAddr);
-  for (const v of ["v1.33.4", "v1.34.5", "v1.35.1"])
+  for (const v of ["v1.33.4", "v1.34.5", "v1.34.6", "v1.35.1"])
     await cc.publishRelease({
       envelope: signEnvelope(encodeManifest(placeholderManifest(v, { board: BOARD, compressedSize: 2 ** 30, rawSize: 2 ** 31 })), [
         loadSigningKey(kp.privatePem),
@@ -70,15 +94,33 @@ async function main() {
     FERRY_CATALOG_ADDR: catalogAddr,
     FERRY_NODE_OFFLINE_SECONDS: "3600",
     FERRY_PLANNER_ID: "bench",
+    FERRY_DEBUG_MEM: "/tmp/mem.log",
     FERRY_LOG_LEVEL: "warn",
   };
   const startPlanner = async () => {
-    const p = new ServiceProcess("services/planner/src/main.ts", { ...plannerEnv, FERRY_LOG_LEVEL: "info" }, [], { keep: 1 << 16 });
+    // As deployed: compiled, through bin/ferry-service (npm run bench:planner builds first).
+    const p = new ServiceProcess("bin/ferry-service", { ...plannerEnv, FERRY_LOG_LEVEL: "info" }, ["planner"], { keep: 1 << 16 });
     const port = (await p.waitForLog((l) => l.msg === "planner serving", 30_000)).port as number;
     await p.waitForLog((l) => l.msg === "controller started", 30_000);
     return { p, client: createClient(planner.PlannerServiceService, `127.0.0.1:${port}`, { deadlineMs: 120_000 }) };
   };
   let { p: proc, client } = await startPlanner();
+  const natsGroup = nats.processGroup!;
+  const cpu = () => ({
+    fleet: process.cpuUsage(),
+    planner: procCpu((_, pid) => pid === proc.proc.pid),
+    nats: procCpu((f) => Number(f[2]) === natsGroup),
+  });
+  /** Shares of the machine (all its cores) each used since `c0`, over `seconds`. */
+  const cpuSince = (c0: ReturnType<typeof cpu>, seconds: number) => {
+    const c = cpu();
+    const fleet = (c.fleet.user - c0.fleet.user + c.fleet.system - c0.fleet.system) / 1e6;
+    const share = (x: number) => x / (seconds * CORES);
+    return { fleet: share(fleet), planner: share(c.planner - c0.planner), nats: share(c.nats - c0.nats) };
+  };
+  const pctOf = (x: number) => `${(100 * x).toFixed(0)}%`;
+  const fmtCpu = (u: ReturnType<typeof cpuSince>) =>
+    `simulated fleet + bench ${pctOf(u.fleet)}, planner ${pctOf(u.planner)}, nats-server ${pctOf(u.nats)} of ${CORES} cores`;
   let peakRss = 0;
   const rssTimer = setInterval(() => {
     try {
@@ -88,56 +130,95 @@ async function main() {
     }
   }, 200);
 
-  // 1. The rollout.
-  const boards: FleetBoard[] = Array.from({ length: NODES }, (_, i) => ({
-    name: i === 0 ? "cp-0" : `w-${String(i).padStart(5, "0")}`,
-    board: BOARD,
-    role: i === 0 ? "control-plane" : "worker",
-    version: "v1.33.4",
-    behaviour: "healthy",
-  }));
-  const fleet = new SimFleet(nc, boards, { heartbeatMs: 30_000, stepMs: 1, gatePollMs: 50 });
-  await fleet.start();
-  await waitFor(async () => (await client.listNodes({ selector: "ferry.dev/simulated=true" })).nodes.length === NODES, { timeoutMs: 60_000 });
-  const spec = {
-    target: "v1.34.5",
-    selector: "ferry.dev/simulated=true",
-    strategy: { maxUnavailable: 100, canary: 0, failureBudget: 0, healthTimeoutSeconds: 600, window: undefined },
-  };
-  const t0 = performance.now();
-  await client.createUpgrade({ spec, id: "bench" });
-  const latencies: number[] = [];
-  let events0 = 0;
-  let done: planner.Upgrade | undefined;
-  for await (const r of client.watchUpgrade({ id: "bench", fromStreamSeq: 0 })) {
-    if (r.event?.time) {
-      latencies.push(Date.now() - r.event.time.getTime());
-      events0++;
+  const names: string[] = [];
+  // 1. Two rollouts (one hop, max_unavailable 500): --small-nodes boards, then --nodes
+  // boards, each fleet alone in the inventory, with what each process used meanwhile.
+  const rollout = async (n: number, set: string) => {
+    const boards: FleetBoard[] = Array.from({ length: n }, (_, i) => ({
+      name: i === 0 ? `${set}-cp-0` : `${set}-w-${String(i).padStart(5, "0")}`,
+      board: BOARD,
+      role: i === 0 ? "control-plane" : "worker",
+      version: "v1.33.4",
+      behaviour: "healthy",
+      labels: { "bench.ferry.dev/set": set },
+    }));
+    const fleet = new SimFleet(nc, boards, { heartbeatMs: 30_000, stepMs: 1, gatePollMs: 50 });
+    await fleet.start();
+    const selector = `bench.ferry.dev/set=${set}`;
+    await waitFor(async () => (await client.listNodes({ selector })).nodes.length === n, { timeoutMs: 120_000 });
+    const spec = {
+      target: "v1.34.5",
+      selector,
+      strategy: { maxUnavailable: 500, canary: 0, failureBudget: 0, healthTimeoutSeconds: 600, window: undefined },
+    };
+    // The baseline: a bare JetStream consumer of the same events on its own connection,
+    // as WatchUpgrade reads them (ordered, pulls of 1,000), timed from the stream's store.
+    const bare: number[] = [];
+    const bareMsgs = await (
+      await jetstream(watchNc).consumers.get(EVENTS_STREAM, { filter_subjects: [eventFilter(`bench-${set}`)], deliver_policy: DeliverPolicy.All })
+    ).consume({ max_messages: 1000 });
+    void (async () => {
+      for await (const m of bareMsgs) bare.push(Date.now() - m.info.timestampNanos / 1e6);
+    })();
+    const c0 = cpu();
+    const t0 = performance.now();
+    await client.createUpgrade({ spec, id: `bench-${set}` });
+    const latencies: number[] = [];
+    const fromStored: number[] = [];
+    let done: planner.Upgrade | undefined;
+    for await (const r of client.watchUpgrade({ id: `bench-${set}`, fromStreamSeq: 0 })) {
+      if (r.event?.time) latencies.push(Date.now() - r.event.time.getTime());
+      if (r.storedAt) fromStored.push(Date.now() - r.storedAt.getTime());
+      if (r.snapshot && r.snapshot.phase === planner.UpgradePhase.UPGRADE_PHASE_SUCCEEDED) done = r.snapshot;
     }
-    if (r.snapshot && r.snapshot.phase === planner.UpgradePhase.UPGRADE_PHASE_SUCCEEDED) done = r.snapshot;
-  }
-  const rolloutS = (performance.now() - t0) / 1000;
-  fleet.stop();
-  if (!done) throw new Error("the rollout did not succeed");
-  log(`rollout: ${NODES} nodes in ${rolloutS.toFixed(1)} s, ${events0} events watched`);
+    const seconds = (performance.now() - t0) / 1000;
+    const used = cpuSince(c0, seconds);
+    await bareMsgs.close();
+    fleet.stop();
+    if (!done) throw new Error(`the rollout of ${n} nodes did not succeed`);
+    log(`rollout: ${n} nodes in ${seconds.toFixed(1)} s, ${latencies.length} events watched; CPU ${fmtCpu(used)}`);
+    return { seconds, latencies, fromStored, bare, used, fleet, names: boards.map((b) => b.name) };
+  };
+  const nodesKv = await openBucket(nc, BUCKETS.nodes);
+  const small = await rollout(SMALL, "a");
+  for (const n of small.names) await nodesKv.purge(n);
+  const large = await rollout(NODES, "b");
+  names.push(...large.names);
+  const rolloutS = large.seconds;
+  const latencies = large.latencies;
 
-  // 2. Ingest capacity vs a bare publish loop.
+  // 2. Ingest capacity vs a bare publish loop, into an active upgrade: the large fleet's
+  // workers take a patch hop (v1.34.6) with every node in flight and no board acting;
+  // the planner is stopped, the backlog published, and the planner's durable consumer
+  // timed from its start until everything is applied, persisted and acked.
+  await client.createUpgrade({
+    id: "ingest",
+    spec: {
+      target: "v1.34.6",
+      selector: "bench.ferry.dev/set=b,ferry.dev/role=worker",
+      strategy: { maxUnavailable: NODES, canary: 0, failureBudget: 0, healthTimeoutSeconds: 600, window: undefined },
+    },
+  });
+  await waitFor(
+    async () => (await client.getUpgrade({ id: "ingest" })).progress.every((g) => g.runState === planner.NodeRunState.NODE_RUN_STATE_ACTIVE),
+    { timeoutMs: 120_000, intervalMs: 250 },
+  );
   await proc.kill("SIGTERM");
   const js = jetstream(nc);
-  const names = boards.map((b) => b.name);
-  const seqs = new Map(names.map((n) => [n, fleet.boards.get(n)!.seq]));
+  const workers = names.slice(1);
+  const seqs = new Map(workers.map((n) => [n, large.fleet.boards.get(n)!.seq]));
   const tp = performance.now();
   for (let i = 0; i < BACKLOG; i++) {
-    const node = names[i % names.length]!;
+    const node = workers[i % workers.length]!;
     const seq = seqs.get(node)! + 1;
     seqs.set(node, seq);
     const e = events.StepEvent.fromPartial({
-      upgradeId: "bench",
+      upgradeId: "ingest",
       node,
       hopIndex: 0,
-      toVersion: "v1.34.5",
-      step: 3,
-      state: 2,
+      toVersion: "v1.34.6",
+      step: events.StepName.STEP_NAME_WRITE_SLOT,
+      state: events.StepState.STEP_STATE_PROGRESS,
       bytesDone: i,
       bytesTotal: 2 ** 30,
       seq,
@@ -145,7 +226,7 @@ async function main() {
     });
     const h = headers();
     h.set("Nats-Msg-Id", eventMsgId(node, seq));
-    await js.publish(eventSubject("bench", node), events.StepEvent.encode(e).finish(), { headers: h });
+    await js.publish(eventSubject("ingest", node), events.StepEvent.encode(e).finish(), { headers: h });
   }
   const publishS = (performance.now() - tp) / 1000;
   const publishRate = BACKLOG / publishS;
@@ -165,9 +246,12 @@ async function main() {
   const ingestS = (Date.now() - ti) / 1000;
   const ingestRate = BACKLOG / ingestS;
   log(`planner ingest: ${BACKLOG} events applied, persisted and acked in ${ingestS.toFixed(2)} s = ${ingestRate.toFixed(0)}/s`);
+  const applied = (await client.getUpgrade({ id: "ingest" })).progress.filter((g) => g.bytesDone > 0).length;
+  if (applied < Math.min(workers.length, BACKLOG)) throw new Error(`only ${applied} nodes show the backlog's progress`);
+  await client.cancelUpgrade({ id: "ingest", reason: "bench" });
 
   // 3. Preview of many nodes (in place of the simulated fleet: one cluster per inventory).
-  const kv = await openBucket(nc, BUCKETS.nodes);
+  const kv = nodesKv;
   for (const n of names) await kv.purge(n);
   const versions = ["v1.33.4", "v1.34.5"];
   for (let i = 0; i < PREVIEW; i += 500)
@@ -207,13 +291,26 @@ async function main() {
   client.close();
   await proc.kill("SIGTERM");
   await nc.close();
+  await watchNc.close();
 
+  const rolloutRatio = large.seconds / small.seconds;
   const r = {
     nodes: NODES,
     rolloutS,
-    eventsWatched: events0,
+    eventsWatched: latencies.length,
     watchLatencyP50Ms: pct(latencies, 50),
     watchLatencyP99Ms: pct(latencies, 99),
+    watchFromStoredP50Ms: pct(large.fromStored, 50),
+    watchFromStoredP99Ms: pct(large.fromStored, 99),
+    bareConsumerP50Ms: pct(large.bare, 50),
+    bareConsumerP99Ms: pct(large.bare, 99),
+    smallNodes: SMALL,
+    smallRolloutS: small.seconds,
+    smallWatchLatencyP99Ms: pct(small.latencies, 99),
+    rolloutRatio,
+    fleetCpuShare: large.used.fleet,
+    plannerCpuShare: large.used.planner,
+    natsCpuShare: large.used.nats,
     backlog: BACKLOG,
     barePublishPerS: publishRate,
     ingestPerS: ingestRate,
@@ -222,15 +319,33 @@ async function main() {
     previewMedianMs: previewMs,
     plannerPeakRssMb: Math.round(peakRss),
   };
+  const row = (label: string, value: string) => `${label.padEnd(66)}${value}`;
   process.stdout.write(
     [
       "",
-      `rollout of ${NODES} simulated nodes (one hop, max_unavailable 100)   ${rolloutS.toFixed(1)} s`,
-      `WatchUpgrade event latency p50 / p99                          ${r.watchLatencyP50Ms} / ${r.watchLatencyP99Ms} ms   (target p99 < 200)`,
-      `bare publish loop (awaited acks, sync always)                 ${publishRate.toFixed(0)} events/s`,
-      `planner ingest (apply + persist + ack)                        ${ingestRate.toFixed(0)} events/s   ratio ${r.ingestRatio.toFixed(2)}x (target ≥ 0.8)`,
-      `PreviewUpgrade of ${PREVIEW} nodes, median of 5                  ${previewMs.toFixed(0)} ms   (target < 1000)`,
-      `planner peak RSS                                              ${r.plannerPeakRssMb} MB`,
+      row(
+        `rollout of ${SMALL} simulated nodes (one hop, max_unavailable 500)`,
+        `${small.seconds.toFixed(1)} s   WatchUpgrade p99 ${r.smallWatchLatencyP99Ms} ms`,
+      ),
+      row(`rollout of ${NODES} simulated nodes (one hop, max_unavailable 500)`, `${rolloutS.toFixed(1)} s`),
+      row(
+        `  time ratio (nodes ratio ${(NODES / SMALL).toFixed(1)}x)`,
+        `${rolloutRatio.toFixed(2)}x   (target ≤ ${(NODES / SMALL).toFixed(1)}x: at most linear)`,
+      ),
+      row(`  machine used meanwhile`, fmtCpu(large.used)),
+      row(`  WatchUpgrade: board's event → client, p50 / p99`, `${r.watchLatencyP50Ms} / ${r.watchLatencyP99Ms} ms`),
+      row(
+        `  WatchUpgrade: stored in the stream → client, p50 / p99`,
+        `${r.watchFromStoredP50Ms} / ${r.watchFromStoredP99Ms} ms   (target p99 < 200)`,
+      ),
+      row(
+        `  bare JetStream consumer: stored → received, p50 / p99`,
+        `${r.bareConsumerP50Ms} / ${r.bareConsumerP99Ms} ms   (the server's own delivery lag)`,
+      ),
+      row(`bare publish loop (awaited acks, sync always)`, `${publishRate.toFixed(0)} events/s`),
+      row(`planner ingest (apply + persist + ack)`, `${ingestRate.toFixed(0)} events/s   ratio ${r.ingestRatio.toFixed(2)}x (target ≥ 0.8)`),
+      row(`PreviewUpgrade of ${PREVIEW} nodes, median of 5`, `${previewMs.toFixed(0)} ms   (target < 1000)`),
+      row(`planner peak RSS`, `${r.plannerPeakRssMb} MB   (target ≤ 300 with ${NODES} nodes)`),
       "",
     ].join("\n"),
   );

@@ -78,6 +78,8 @@ export interface GrpcServerOptions {
   maxSendMessageBytes?: number;
   /** Serve reflection (on by default: operators use grpcurl). */
   reflection?: boolean;
+  /** Called as each call ends, with its method path and status name ("OK", "NOT_FOUND", ...): for metrics. */
+  onCall?: (method: string, code: string) => void;
 }
 
 export const DEFAULTS = {
@@ -221,6 +223,7 @@ export class GrpcServer {
     // An aborted call reports why it was aborted, not what the handler threw while unwinding.
     const cause = signal.aborted && signal.reason instanceof StatusError ? signal.reason : err;
     const mapped = toStatus(cause);
+    this.#opts.onCall?.(method, status[mapped.error.code] ?? String(mapped.error.code));
     if (mapped.unexpected) this.#opts.logger.error({ err: cause, method }, "unexpected error in handler");
     else this.#opts.logger.debug({ method, code: status[mapped.error.code], details: mapped.error.details }, "call failed");
     return mapped.error;
@@ -236,6 +239,7 @@ export class GrpcServer {
             this.#authorize(path, call.metadata);
             const res = await race(handler(call.request, ctx) as Promise<unknown>, ctx.signal);
             cb(null, res);
+            this.#opts.onCall?.(path, "OK");
           } catch (err) {
             cb(this.#fail(path, err, ctx.signal));
           } finally {
@@ -256,6 +260,7 @@ export class GrpcServer {
             }
             if (ctx.signal.aborted) throw ctx.signal.reason;
             call.end();
+            this.#opts.onCall?.(path, "OK");
           } catch (err) {
             if (!call.cancelled) call.emit("error", this.#fail(path, err, ctx.signal));
           } finally {
@@ -272,6 +277,7 @@ export class GrpcServer {
             this.#authorize(path, call.metadata);
             const res = await race(handler(call as AsyncIterable<unknown>, ctx) as Promise<unknown>, ctx.signal);
             cb(null, res);
+            this.#opts.onCall?.(path, "OK");
           } catch (err) {
             cb(this.#fail(path, err, ctx.signal));
           } finally {
@@ -291,6 +297,7 @@ export class GrpcServer {
           }
           if (ctx.signal.aborted) throw ctx.signal.reason;
           call.end();
+          this.#opts.onCall?.(path, "OK");
         } catch (err) {
           if (!call.cancelled) call.emit("error", this.#fail(path, err, ctx.signal));
         } finally {

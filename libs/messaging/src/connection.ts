@@ -1,6 +1,6 @@
 // NATS connections (reconnecting forever), KV buckets and the events stream.
 import { connect, type NatsConnection } from "@nats-io/transport-node";
-import { jetstreamManager } from "@nats-io/jetstream";
+import { JetStreamApiCodes, JetStreamApiError, jetstreamManager } from "@nats-io/jetstream";
 import { Kvm, type KV, type KvEntry } from "@nats-io/kv";
 import { unavailable } from "@ferry/runtime";
 import { EVENTS_STREAM, EVENTS_SUBJECT_PREFIX } from "./names.ts";
@@ -42,6 +42,14 @@ export async function connectNats(opts: ConnectOptions): Promise<NatsConnection>
     })();
   }
   return nc;
+}
+
+/** Whether a KV create/update failed its revision check (someone else wrote the key first): by JetStream's error code, never its text. */
+export function isRevisionConflict(err: unknown): boolean {
+  return (
+    err instanceof JetStreamApiError &&
+    (err.code === JetStreamApiCodes.StreamWrongLastSequence || err.code === JetStreamApiCodes.StreamWrongLastSequenceUnknown)
+  );
 }
 
 export interface BucketOptions {

@@ -58,6 +58,13 @@ export const v = {
     parse: (s) => parseAddr(s),
     ...(def === undefined ? {} : { default: def }),
   }),
+  /** host:port, or unset/empty for "none". */
+  optionalAddr: (name: string, help: string): VarSpec<string | undefined> => ({
+    name,
+    help,
+    parse: (s) => (s.trim() === "" ? undefined : parseAddr(s)),
+    default: undefined,
+  }),
   url: (name: string, help: string, protocols: string[], def?: string): VarSpec<string> => ({
     name,
     help,

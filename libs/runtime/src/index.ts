@@ -6,3 +6,4 @@ export * from "./abort.ts";
 export * from "./reclaim.ts";
 export * from "./atomic-file.ts";
 export * from "./backoff.ts";
+export * from "./metrics-http.ts";

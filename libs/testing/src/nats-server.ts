@@ -49,6 +49,11 @@ export class NatsServer implements AsyncDisposable {
     return `nats://127.0.0.1:${this.port}`;
   }
 
+  /** The process group the server runs in (its watcher shell leads it): for CPU accounting. */
+  get processGroup(): number | undefined {
+    return this.#proc?.pid;
+  }
+
   get running(): boolean {
     return this.#proc !== undefined && this.#proc.exitCode === null;
   }

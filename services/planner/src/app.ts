@@ -4,24 +4,27 @@
 import { catalog, planner } from "@ferry/proto";
 import { createClient, GrpcServer, loadClientOptions } from "@ferry/grpc";
 import { BUCKETS, connectNats, ensureEventsStream, openBucket, readBucket, type NatsConnection } from "@ferry/messaging";
-import type { App, Logger } from "@ferry/runtime";
+import { serveMetrics, type App, type Logger, type MetricsServer } from "@ferry/runtime";
 import { Inventory } from "./adapters/inventory.ts";
 import { LeaderLease } from "./adapters/lease.ts";
 import { CatalogBlocks } from "./adapters/catalog-blocks.ts";
-import { KubeGates, loadKubeConfig } from "./adapters/kube-gates.ts";
-import { OSUpgradeController } from "./adapters/osupgrade.ts";
+import type { OSUpgradeController } from "./adapters/osupgrade.ts";
 import { distributorStager } from "./adapters/stager.ts";
 import { UpgradeStore } from "./adapters/upgrade-store.ts";
 import type { Config } from "./config.ts";
 import { Controller } from "./controller.ts";
 import { NO_CLUSTER, type ClusterGates } from "./ports.ts";
+import { isActive } from "./domain/progress.ts";
 import { plannerHandlers } from "./grpc/handlers.ts";
+import { PlannerMetrics } from "./metrics.ts";
 import { Planner } from "./planner.ts";
 
 export const SERVICE = "ferry.planner.v1.PlannerService";
 
 export interface PlannerApp extends App {
   port(): number;
+  /** The /metrics port (0 when FERRY_METRICS_ADDR is unset). */
+  metricsPort(): number;
   isLeader(): boolean;
   /** This leadership's term (0 when not leading): the fencing token in every assignment. */
   term(): number;
@@ -44,22 +47,8 @@ export function createApp(config: Config, logger: Logger, over: PlannerOverrides
   const catalogClient = createClient(catalog.CatalogServiceService, config.catalogAddr, { ...clientOpts, deadlineMs: 10_000 });
   const stager = config.distributorAddr ? distributorStager(config.distributorAddr, clientOpts) : undefined;
   const log = logger.child({ component: "planner" });
-  const kubeconfig =
-    config.kubeconfig || config.kubeInCluster ? loadKubeConfig({ file: config.kubeconfig, inCluster: config.kubeInCluster }) : undefined;
   let osupgrades: OSUpgradeController | undefined;
-  const gates =
-    over.gates ??
-    (kubeconfig
-      ? new KubeGates({
-          kubeconfig,
-          log,
-          drainTimeoutMs: config.drainTimeoutSeconds * 1000,
-          criticalDaemonSets: config.criticalDaemonSets
-            .split(",")
-            .map((x) => x.trim())
-            .filter(Boolean),
-        })
-      : NO_CLUSTER);
+  let gates: ClusterGates = over.gates ?? NO_CLUSTER;
   let nc: NatsConnection | undefined;
   let store: UpgradeStore | undefined;
   let inventory: Inventory | undefined;
@@ -70,13 +59,37 @@ export function createApp(config: Config, logger: Logger, over: PlannerOverrides
   const setReady = () => server.health.set(connected && store?.ready === true);
   let leading: Promise<void> = Promise.resolve();
   let kubeTimer: NodeJS.Timeout | undefined;
+  let metricsServer: MetricsServer | undefined;
+  const metrics = new PlannerMetrics({
+    headers: () => store?.headers() ?? [],
+    active: () =>
+      controller
+        ? [...controller.upgrades.values()].map((w) => w.u).filter(isActive)
+        : (store?.headers() ?? []).filter(isActive).flatMap((h) => store?.get(h.id)?.upgrade ?? []),
+    isLeader: () => lease?.isLeader() === true,
+    broken: () => controller?.broken ?? 0,
+  });
 
   return {
     port: () => server.port,
+    metricsPort: () => metricsServer?.port ?? 0,
     isLeader: () => lease?.isLeader() === true,
     term: () => (lease?.isLeader() ? lease.term : 0),
     controller: () => controller,
     async start() {
+      // The Kubernetes client (~90 MB of RSS) is loaded only when there is a cluster.
+      const kube = config.kubeconfig || config.kubeInCluster ? await import("./adapters/kube.ts") : undefined;
+      const kubeconfig = kube?.loadKubeConfig({ file: config.kubeconfig, inCluster: config.kubeInCluster });
+      if (kube && kubeconfig && !over.gates)
+        gates = new kube.KubeGates({
+          kubeconfig,
+          log,
+          drainTimeoutMs: config.drainTimeoutSeconds * 1000,
+          criticalDaemonSets: config.criticalDaemonSets
+            .split(",")
+            .map((x) => x.trim())
+            .filter(Boolean),
+        });
       nc = await connectNats({
         url: config.natsUrl,
         name: `ferry-planner ${config.id}`,
@@ -115,10 +128,11 @@ export function createApp(config: Config, logger: Logger, over: PlannerOverrides
         const st = inv.nodes.get(name)?.status;
         if (st && controller && gates.observe) void gates.observe(st);
       };
-      if (gates instanceof KubeGates) {
+      if (kube && gates instanceof kube.KubeGates) {
+        const kg = gates;
         // Roles and kubelet versions from the cluster, refreshed every 15 s.
         const refresh = () =>
-          gates
+          kg
             .nodes()
             .then((m) => inv.setCluster(m))
             .catch((err: unknown) => log.warn({ err: (err as Error).message }, "listing Kubernetes nodes failed"));
@@ -129,6 +143,7 @@ export function createApp(config: Config, logger: Logger, over: PlannerOverrides
         catalog: catalogClient,
         inventory,
         store,
+        plannerKv,
         log,
         controller: () => controller,
         leader: () => lease?.holder ?? "",
@@ -150,6 +165,13 @@ export function createApp(config: Config, logger: Logger, over: PlannerOverrides
               term: lease?.term ?? 0,
               blocks,
               historyDays: config.historyDays,
+              metrics: {
+                ingested: (lag) => {
+                  metrics.eventsIngested.inc();
+                  if (lag !== undefined) metrics.eventLag.observe(lag);
+                },
+                tick: (s) => metrics.tickDuration.observe(s),
+              },
               onConflict: (why) => {
                 log.error({ why }, "rollout state changed under this leader; stepping down");
                 void lease?.resign();
@@ -158,9 +180,9 @@ export function createApp(config: Config, logger: Logger, over: PlannerOverrides
             controller = c;
             try {
               await c.start();
-              if (kubeconfig) {
+              if (kube && kubeconfig) {
                 // OSUpgrade objects become upgrades; only the leader acts on them.
-                osupgrades = new OSUpgradeController(
+                osupgrades = new kube.OSUpgradeController(
                   kubeconfig,
                   {
                     get: (id) => c.upgrades.get(id)?.u ?? st.get(id)?.upgrade,
@@ -192,9 +214,10 @@ export function createApp(config: Config, logger: Logger, over: PlannerOverrides
       });
       server.add(
         planner.PlannerServiceService,
-        plannerHandlers(plannerOps, () => conn, store),
+        plannerHandlers(plannerOps, () => conn, store, metrics.watchStreams),
       );
       const port = await server.start();
+      if (config.metricsAddr) metricsServer = await serveMetrics(config.metricsAddr, metrics.registry, log);
       setReady();
       lease.start();
       log.info(
@@ -204,6 +227,7 @@ export function createApp(config: Config, logger: Logger, over: PlannerOverrides
     },
     async stop(signal) {
       clearInterval(kubeTimer);
+      await metricsServer?.close();
       await server.stop(signal);
       await lease?.stop();
       blocks?.stop();

@@ -49,6 +49,8 @@ export interface ControllerDeps {
   historyDays?: number;
   /** Called when a write found someone else's revision: this process must stop leading. */
   onConflict: (why: string) => void;
+  /** Told of each applied event (its lag from the board's clock, when it has a time) and each tick's duration. */
+  metrics?: { ingested(lagSeconds: number | undefined): void; tick(seconds: number): void };
 }
 
 export class Controller {
@@ -71,12 +73,10 @@ export class Controller {
   #lastRetention = 0;
   /** Aborted when this planner stops leading: its drains and uncordons stop first. */
   #tasks = new AbortController();
+  /** Upgrades in KV that could not be read whole when this leader started (for /metrics). */
+  broken = 0;
   /** Events applied (not counting duplicates), for the benchmark and /metrics. */
   ingested = 0;
-  /** Milliseconds from an applied event's time to its application, last seen. */
-  eventLagMs = 0;
-  /** Called with each tick's duration in seconds (for /metrics). */
-  onTick: (seconds: number) => void = () => undefined;
 
   constructor(d: ControllerDeps) {
     this.#d = d;
@@ -101,11 +101,16 @@ export class Controller {
   async start(): Promise<void> {
     this.#stopped = false;
     this.#tasks = new AbortController();
-    for (const s of await this.#d.store.load())
+    const { upgrades, broken } = await this.#d.store.load();
+    for (const why of broken)
+      this.#d.log.error({ why }, "an upgrade in KV cannot be read whole: it is not driven (its nodes' assignments stay as they are)");
+    this.broken = broken.length;
+    for (const s of upgrades)
       if (isActive(s.upgrade) || s.upgrade.chunkSize > 0 || !s.upgrade.staging?.released) this.#working.set(s.upgrade.id, new Working(s));
     // Every key is reconciled with the state before anything acts: unknown upgrades' keys
     // go, the rest are rewritten under this leader's term by the first tick (a full sweep).
-    await this.#projection.load((id) => this.#working.has(id) || this.#d.store.get(id) !== undefined);
+    const unreadable = new Set(broken.map((b) => /^upgrade (\S+):/.exec(b)![1]!));
+    await this.#projection.load((id) => this.#working.has(id) || this.#d.store.get(id) !== undefined || unreadable.has(id));
     this.#messages = await consumeEvents(this.#d.nc, this.#d.log);
     this.#d.log.info({ consumer: CONSUMER, upgrades: this.#working.size }, "consuming step events");
     const messages = this.#messages;
@@ -149,7 +154,7 @@ export class Controller {
     if (x && g && applyEvent(x.u, e, g)) {
       x.touch(e.node);
       this.ingested++;
-      if (e.time) this.eventLagMs = Date.now() - e.time.getTime();
+      this.#d.metrics?.ingested(e.time ? Math.max(0, Date.now() - e.time.getTime()) / 1000 : undefined);
     }
     this.#unacked.push(m);
     void this.kick();
@@ -176,7 +181,7 @@ export class Controller {
           this.#lastSweep = 0; // what the projection did not write is found by a full sweep
           this.#d.log.error({ err }, "tick failed");
         }
-        this.onTick((performance.now() - t0) / 1000);
+        this.#d.metrics?.tick((performance.now() - t0) / 1000);
         for (const w of waiters) w();
       }
     } finally {

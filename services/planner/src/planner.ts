@@ -4,6 +4,8 @@ import type { catalog } from "@ferry/proto";
 import { events, planner } from "@ferry/proto";
 import { GrpcCallError, status, type TypedClient } from "@ferry/grpc";
 import { alreadyExists, failedPrecondition, invalidArgument, notFound, unavailable, type Logger } from "@ferry/runtime";
+import type { KV } from "@ferry/messaging";
+import { ClaimsRecord, type UpgradeState } from "./adapters/claims.ts";
 import type { Inventory, NodeEntry } from "./adapters/inventory.ts";
 import type { UpgradeStore } from "./adapters/upgrade-store.ts";
 import type { Controller } from "./controller.ts";
@@ -20,6 +22,8 @@ export interface PlannerDeps {
   catalog: TypedClient<typeof catalog.CatalogServiceService>;
   inventory: Inventory;
   store: UpgradeStore;
+  /** The planner's bucket: the claims record lives there. */
+  plannerKv: KV;
   log: Logger;
   /** The controller while this replica leads, else undefined. */
   controller: () => Controller | undefined;
@@ -29,9 +33,26 @@ export interface PlannerDeps {
 export class Planner {
   #creating: Promise<unknown> = Promise.resolve();
   readonly #d: PlannerDeps;
+  readonly #claims: ClaimsRecord;
 
   constructor(d: PlannerDeps) {
     this.#d = d;
+    this.#claims = new ClaimsRecord(d.plannerKv, (id) => this.#upgradeState(id));
+  }
+
+  #upgradeState(id: string): UpgradeState {
+    const x = this.#d.controller()?.upgrades.get(id);
+    const u = x?.u ?? this.#d.store.get(id)?.upgrade;
+    if (!u) return { kind: "unknown" };
+    if (!isActive(u)) return { kind: "ended" };
+    let byNode: Map<string, planner.NodeProgress> | undefined;
+    return {
+      kind: "active",
+      hasWork: (node) => {
+        const g = x ? x.progressOf(node) : (byNode ??= new Map(u.progress.map((p) => [p.node, p]))).get(node);
+        return g !== undefined && !nodeDone(g);
+      },
+    };
   }
 
   // ---- inventory ----
@@ -140,7 +161,7 @@ export class Planner {
     if (req.id && !ID_RE.test(req.id))
       throw invalidArgument(`upgrade id "${req.id}": use 1-40 of [a-z0-9-], starting and ending with a letter or digit`, "BAD_ID");
     if (req.id) {
-      const existing = ctl.upgrades.get(req.id)?.u;
+      const existing = ctl.upgrades.get(req.id)?.u ?? this.#d.store.get(req.id)?.upgrade;
       if (existing) {
         if (planner.UpgradeSpec.encode(existing.spec!).finish().toString() === planner.UpgradeSpec.encode(spec).finish().toString()) return existing;
         throw alreadyExists(`upgrade ${req.id} exists with another spec`, "UPGRADE_EXISTS");
@@ -179,7 +200,19 @@ export class Planner {
       failuresAccepted: 0,
     };
     summarize(u);
-    const revision = await this.#d.store.create(u);
+    // The nodes are claimed by compare-and-set before the upgrade exists: a concurrent
+    // create elsewhere (a second planner that believes it leads) cannot take them too.
+    await this.#claims.claim(
+      u.id,
+      u.progress.map((g) => g.node),
+    );
+    let revision: number | undefined;
+    try {
+      revision = await this.#d.store.create(u);
+    } catch (err) {
+      await this.#claims.release(u.id).catch(() => undefined);
+      throw err;
+    }
     if (revision === undefined) throw alreadyExists(`upgrade ${u.id} exists`, "UPGRADE_EXISTS");
     ctl.adopt(u, revision);
     this.#d.log.info(

@@ -6,7 +6,7 @@
 //   edges.<from>=<to>       catalog.v1.BlockedEdge
 import { catalog } from "@ferry/proto";
 import { aborted } from "@ferry/runtime";
-import { mirrorBucket, type KV } from "@ferry/messaging";
+import { isRevisionConflict, mirrorBucket, type KV } from "@ferry/messaging";
 
 type Release = catalog.Release;
 type Alias = catalog.Alias;
@@ -104,7 +104,7 @@ export class KvCatalogStore {
         this.#apply(key, bytes, revision);
         return next;
       } catch (err) {
-        if (!/wrong last sequence/i.test(String(err))) throw err;
+        if (!isRevisionConflict(err)) throw err;
       }
     }
     throw aborted(`release ${version} kept changing under concurrent updates; try again`, "CONFLICT");

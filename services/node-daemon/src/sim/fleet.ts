@@ -22,6 +22,8 @@ export interface FleetBoard {
   role: "control-plane" | "worker";
   version: string;
   behaviour: FleetBehaviour;
+  /** Labels heartbeated beside `ferry.dev/simulated=true`. */
+  labels?: Record<string, string>;
 }
 
 export interface FleetOptions {
@@ -148,7 +150,7 @@ export class SimFleet {
       slots: [],
       daemonVersion: "sim",
       lastHeartbeat: new Date(),
-      labels: { "ferry.dev/simulated": "true" },
+      labels: { ...b.labels, "ferry.dev/simulated": "true" },
       state: b.state,
       distributorUrl: "",
       upgradeId: b.assignment?.upgradeId ?? "",

@@ -13,7 +13,7 @@ import { setImmediate as yieldToLoop } from "node:timers/promises";
 import { promisify } from "node:util";
 import { zstdCompress, zstdDecompressSync } from "node:zlib";
 import { planner } from "@ferry/proto";
-import { mirrorBucket, type KV } from "@ferry/messaging";
+import { isRevisionConflict, mirrorBucket, type KV } from "@ferry/messaging";
 import { aborted } from "@ferry/runtime";
 import { summarize } from "../domain/progress.ts";
 
@@ -151,33 +151,42 @@ export class UpgradeStore {
     return [...this.#mirror.keys()];
   }
 
-  /** Reads every upgrade straight from the bucket (a new leader's starting point). */
-  async load(): Promise<Stored[]> {
+  /**
+   * Reads every upgrade straight from the bucket (a new leader's starting point). An
+   * upgrade that cannot be read whole (a value that does not decode, a chunk missing) is
+   * left out and named in `broken`: the leader reports it and drives the others.
+   */
+  async load(): Promise<{ upgrades: Stored[]; broken: string[] }> {
     const entries = new Map<string, Entry>();
     const orphans = new Map<string, Entry["chunks"]>();
+    const broken = new Map<string, string>();
     for await (const key of await this.#kv.keys(`${PREFIX}>`)) {
       const parsed = parseKey(key);
       const e = parsed && (await this.#kv.get(key));
       if (!parsed || !e || e.operation !== "PUT") continue;
       const [id, k] = parsed;
       const chunks = entries.get(id)?.chunks ?? orphans.get(id) ?? new Map();
-      if (k === undefined) {
-        entries.set(id, { header: decodeUpgrade(e.value), revision: e.revision, chunks });
-        orphans.delete(id);
-      } else {
-        chunks.set(k, { progress: decodeChunk(e.value), revision: e.revision });
-        if (!entries.has(id)) orphans.set(id, chunks);
+      try {
+        if (k === undefined) {
+          entries.set(id, { header: decodeUpgrade(e.value), revision: e.revision, chunks });
+          orphans.delete(id);
+        } else {
+          chunks.set(k, { progress: decodeChunk(e.value), revision: e.revision });
+          if (!entries.has(id)) orphans.set(id, chunks);
+        }
+      } catch (err) {
+        broken.set(id, `upgrade ${id}: ${key} does not decode (${(err as Error).message})`);
       }
     }
     const out: Stored[] = [];
     for (const [id, e] of entries) {
       const want = e.header.chunkSize > 0 ? Math.ceil(e.header.nodesTotal / e.header.chunkSize) : 0;
-      for (let k = 0; k < want; k++)
-        if (!e.chunks.has(k)) throw new Error(`upgrade ${id}: progress chunk ${k} of ${want} is missing from the bucket`);
-      const u = assemble(e);
-      out.push({ upgrade: u, revision: e.revision, chunks: new Map([...e.chunks].map(([k, c]) => [k, c.revision])) });
+      for (let k = 0; k < want && !broken.has(id); k++)
+        if (!e.chunks.has(k)) broken.set(id, `upgrade ${id}: progress chunk ${k} of ${want} is missing from the bucket`);
+      if (broken.has(id)) continue;
+      out.push({ upgrade: assemble(e), revision: e.revision, chunks: new Map([...e.chunks].map(([k, c]) => [k, c.revision])) });
     }
-    return out;
+    return { upgrades: out, broken: [...broken.values()] };
   }
 
   /** Creates an upgrade (progress inline); undefined when the id exists. */
@@ -188,7 +197,7 @@ export class UpgradeStore {
       this.#apply(upgradeKey(u.id), bytes, revision, { ...u, chunkSize: 0, progress: u.progress.map((g) => ({ ...g })) });
       return revision;
     } catch (err) {
-      if (/exists|wrong last sequence/i.test((err as Error).message)) return undefined;
+      if (isRevisionConflict(err)) return undefined;
       throw err;
     }
   }
@@ -265,7 +274,7 @@ export class UpgradeStore {
       this.#apply(key, bytes, next, decoded);
       return next;
     } catch (err) {
-      if (/wrong last sequence|exists/i.test((err as Error).message)) {
+      if (isRevisionConflict(err)) {
         throw aborted(`${key} was changed by another writer (revision ${revision} is stale)`, "CONFLICT");
       }
       throw err;

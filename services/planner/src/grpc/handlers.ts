@@ -6,7 +6,18 @@ import type { UpgradeStore } from "../adapters/upgrade-store.ts";
 import type { Planner } from "../planner.ts";
 import { watchUpgrade } from "../watch.ts";
 
-export function plannerHandlers(p: Planner, nc: () => NatsConnection, store: UpgradeStore): Implementation<typeof planner.PlannerServiceService> {
+/** Counts what is open (WatchUpgrade streams, for /metrics). */
+export interface OpenCount {
+  inc(): void;
+  dec(): void;
+}
+
+export function plannerHandlers(
+  p: Planner,
+  nc: () => NatsConnection,
+  store: UpgradeStore,
+  streams: OpenCount,
+): Implementation<typeof planner.PlannerServiceService> {
   return {
     listNodes: async (req) => p.listNodes(req.selector),
     getNode: async (req) => p.getNode(req.name),
@@ -14,7 +25,11 @@ export function plannerHandlers(p: Planner, nc: () => NatsConnection, store: Upg
     createUpgrade: async (req, ctx) => p.create(req, ctx.signal),
     getUpgrade: async (req) => p.get(req.id),
     listUpgrades: async () => p.list(),
-    watchUpgrade: (req, ctx) => watchUpgrade(nc(), store, (id) => p.get(id), req, ctx.signal),
+    watchUpgrade: (req, ctx) =>
+      counted(
+        streams,
+        watchUpgrade(nc(), store, (id) => p.get(id), req, ctx.signal),
+      ),
     pauseUpgrade: async (req) => p.pause(req),
     resumeUpgrade: async (req) => p.resume(req),
     cancelUpgrade: async (req) => p.cancel(req),
@@ -22,4 +37,13 @@ export function plannerHandlers(p: Planner, nc: () => NatsConnection, store: Upg
     releaseNode: async (req) => p.releaseNode(req),
     forgetNode: async (req) => p.forgetNode(req),
   };
+}
+
+async function* counted<T>(open: OpenCount, items: AsyncIterable<T>): AsyncGenerator<T> {
+  open.inc();
+  try {
+    yield* items;
+  } finally {
+    open.dec();
+  }
 }
