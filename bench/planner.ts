@@ -94,17 +94,32 @@ async function main() {
     FERRY_CATALOG_ADDR: catalogAddr,
     FERRY_NODE_OFFLINE_SECONDS: "3600",
     FERRY_PLANNER_ID: "bench",
+    FERRY_METRICS_ADDR: "127.0.0.1:0",
+    // Runtime flags to try (e.g. --cpu-prof): bin/ferry-service passes them instead of its own.
+    ...(process.env.FERRY_PLANNER_FLAGS !== undefined ? { FERRY_PLANNER_FLAGS: process.env.FERRY_PLANNER_FLAGS } : {}),
     FERRY_DEBUG_MEM: "/tmp/mem.log",
     FERRY_LOG_LEVEL: "warn",
   };
   const startPlanner = async () => {
     // As deployed: compiled, through bin/ferry-service (npm run bench:planner builds first).
     const p = new ServiceProcess("bin/ferry-service", { ...plannerEnv, FERRY_LOG_LEVEL: "info" }, ["planner"], { keep: 1 << 16 });
-    const port = (await p.waitForLog((l) => l.msg === "planner serving", 30_000)).port as number;
+    const serving = await p.waitForLog((l) => l.msg === "planner serving", 30_000);
     await p.waitForLog((l) => l.msg === "controller started", 30_000);
-    return { p, client: createClient(planner.PlannerServiceService, `127.0.0.1:${port}`, { deadlineMs: 120_000 }) };
+    const metricsUrl = `http://127.0.0.1:${serving.metricsPort as number}/metrics`;
+    return { p, metricsUrl, client: createClient(planner.PlannerServiceService, `127.0.0.1:${serving.port as number}`, { deadlineMs: 120_000 }) };
   };
-  let { p: proc, client } = await startPlanner();
+  let { p: proc, client, metricsUrl } = await startPlanner();
+  /** One value of the planner's /metrics (the event-loop lag figures reset at each scrape). */
+  const scrape = async (name: string) => {
+    const text = await (await fetch(metricsUrl)).text();
+    return Number(new RegExp(`^${name} (\\S+)$`, "m").exec(text)?.[1] ?? NaN);
+  };
+  const jsmBench = await jetstreamManager(nc);
+  /** Writes so far to the planner's KV buckets (their streams' last sequences). */
+  const kvWrites = async () => ({
+    state: (await jsmBench.streams.info(`KV_${BUCKETS.planner}`)).state.last_seq,
+    assignments: (await jsmBench.streams.info(`KV_${BUCKETS.assignments}`)).state.last_seq,
+  });
   const natsGroup = nats.processGroup!;
   const cpu = () => ({
     fleet: process.cpuUsage(),
@@ -160,6 +175,8 @@ async function main() {
     void (async () => {
       for await (const m of bareMsgs) bare.push(Date.now() - m.info.timestampNanos / 1e6);
     })();
+    await scrape("nodejs_eventloop_lag_max_seconds"); // resets the event-loop figures
+    const w0 = await kvWrites();
     const c0 = cpu();
     const t0 = performance.now();
     await client.createUpgrade({ spec, id: `bench-${set}` });
@@ -173,11 +190,17 @@ async function main() {
     }
     const seconds = (performance.now() - t0) / 1000;
     const used = cpuSince(c0, seconds);
+    const loopMaxMs = 1000 * (await scrape("nodejs_eventloop_lag_max_seconds"));
+    const w1 = await kvWrites();
+    const writes = { state: w1.state - w0.state, assignments: w1.assignments - w0.assignments };
     await bareMsgs.close();
     fleet.stop();
     if (!done) throw new Error(`the rollout of ${n} nodes did not succeed`);
-    log(`rollout: ${n} nodes in ${seconds.toFixed(1)} s, ${latencies.length} events watched; CPU ${fmtCpu(used)}`);
-    return { seconds, latencies, fromStored, bare, used, fleet, names: boards.map((b) => b.name) };
+    log(
+      `rollout: ${n} nodes in ${seconds.toFixed(1)} s, ${latencies.length} events watched; CPU ${fmtCpu(used)}; ` +
+        `planner event loop max lag ${loopMaxMs.toFixed(0)} ms; KV writes: ${writes.state} state (${(writes.state / n).toFixed(2)}/node), ${writes.assignments} assignments`,
+    );
+    return { seconds, latencies, fromStored, bare, used, loopMaxMs, writes, fleet, names: boards.map((b) => b.name) };
   };
   const nodesKv = await openBucket(nc, BUCKETS.nodes);
   const small = await rollout(SMALL, "a");
@@ -233,7 +256,7 @@ async function main() {
   log(`bare publish loop: ${BACKLOG} events in ${publishS.toFixed(2)} s = ${publishRate.toFixed(0)}/s`);
   const jsm = await jetstreamManager(nc);
   const lastSeq = (await jsm.streams.info(EVENTS_STREAM)).state.last_seq;
-  ({ p: proc, client } = await startPlanner());
+  ({ p: proc, client, metricsUrl } = await startPlanner());
   // From the moment the planner's durable consumer starts (its own log line, same clock).
   const ti = Date.parse((await proc.waitForLog((l) => l.msg === "consuming step events")).time as string);
   await waitFor(
@@ -246,7 +269,7 @@ async function main() {
   const ingestS = (Date.now() - ti) / 1000;
   const ingestRate = BACKLOG / ingestS;
   log(`planner ingest: ${BACKLOG} events applied, persisted and acked in ${ingestS.toFixed(2)} s = ${ingestRate.toFixed(0)}/s`);
-  const applied = (await client.getUpgrade({ id: "ingest" })).progress.filter((g) => g.bytesDone > 0).length;
+  const applied = (await client.getUpgrade({ id: "ingest" })).progress.filter((g) => g.bytesTotal > 0).length;
   if (applied < Math.min(workers.length, BACKLOG)) throw new Error(`only ${applied} nodes show the backlog's progress`);
   await client.cancelUpgrade({ id: "ingest", reason: "bench" });
 
@@ -311,6 +334,8 @@ async function main() {
     fleetCpuShare: large.used.fleet,
     plannerCpuShare: large.used.planner,
     natsCpuShare: large.used.nats,
+    plannerLoopMaxLagMs: large.loopMaxMs,
+    stateWritesPerNode: large.writes.state / NODES,
     backlog: BACKLOG,
     barePublishPerS: publishRate,
     ingestPerS: ingestRate,
@@ -333,6 +358,10 @@ async function main() {
         `${rolloutRatio.toFixed(2)}x   (target ≤ ${(NODES / SMALL).toFixed(1)}x: at most linear)`,
       ),
       row(`  machine used meanwhile`, fmtCpu(large.used)),
+      row(
+        `  planner: event loop max lag / KV state writes per node`,
+        `${large.loopMaxMs.toFixed(0)} ms / ${(large.writes.state / NODES).toFixed(2)}`,
+      ),
       row(`  WatchUpgrade: board's event → client, p50 / p99`, `${r.watchLatencyP50Ms} / ${r.watchLatencyP99Ms} ms`),
       row(
         `  WatchUpgrade: stored in the stream → client, p50 / p99`,

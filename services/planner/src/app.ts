@@ -123,8 +123,9 @@ export function createApp(config: Config, logger: Logger, over: PlannerOverrides
       await inventory.start();
       const inv = inventory;
       const st = store;
+      // A heartbeat does not kick the controller (10,000 nodes heartbeat): its ticks run at
+      // least every second, and a node that comes online is seen by the next one.
       inventory.onChange = (name) => {
-        void controller?.kick();
         const st = inv.nodes.get(name)?.status;
         if (st && controller && gates.observe) void gates.observe(st);
       };
@@ -221,7 +222,14 @@ export function createApp(config: Config, logger: Logger, over: PlannerOverrides
       setReady();
       lease.start();
       log.info(
-        { port, id: config.id, nodes: inventory.nodes.size, upgrades: store.ids().length, kubernetes: gates !== NO_CLUSTER },
+        {
+          port,
+          metricsPort: metricsServer?.port ?? 0,
+          id: config.id,
+          nodes: inventory.nodes.size,
+          upgrades: store.ids().length,
+          kubernetes: gates !== NO_CLUSTER,
+        },
         "planner serving",
       );
     },

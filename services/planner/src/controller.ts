@@ -7,6 +7,7 @@
 // deduped by the node's sequence), and assignments are rewritten from the state, so no
 // node is ever commanded twice. Finished upgrades leave the loop once nothing of them is
 // left to do (compacted into one key) and are removed after FERRY_PLANNER_HISTORY_DAYS.
+import { setTimeout as sleep } from "node:timers/promises";
 import type { JsMsg, ConsumerMessages } from "@nats-io/jetstream";
 import { events, planner } from "@ferry/proto";
 import type { KV, NatsConnection } from "@ferry/messaging";
@@ -28,6 +29,8 @@ const CP = events.Role.ROLE_CONTROL_PLANE;
 /** Every assignment is compared with the state this often (a node's distributor URL may change). */
 const SWEEP_MS = 5000;
 const RETENTION_CHECK_MS = 60_000;
+/** The world's view of the inventory is rebuilt at most this often (online is a matter of seconds). */
+const INVENTORY_VIEW_MS = 1000;
 
 export interface ControllerDeps {
   nc: NatsConnection;
@@ -49,6 +52,11 @@ export interface ControllerDeps {
   historyDays?: number;
   /** Called when a write found someone else's revision: this process must stop leading. */
   onConflict: (why: string) => void;
+  /**
+   * Ticks start at least this far apart (default 25 ms): events that arrive meanwhile are
+   * applied together, so a busy fleet costs a tick per gap, not a tick per event.
+   */
+  minTickGapMs?: number;
   /** Told of each applied event (its lag from the board's clock, when it has a time) and each tick's duration. */
   metrics?: { ingested(lagSeconds: number | undefined): void; tick(seconds: number): void };
 }
@@ -70,6 +78,7 @@ export class Controller {
   #waiters: Array<() => void> = [];
   #stopped = true;
   #lastSweep = 0;
+  #inventoryView: { at: number; nodes: Map<string, InventoryNode> } | undefined;
   #lastRetention = 0;
   /** Aborted when this planner stops leading: its drains and uncordons stop first. */
   #tasks = new AbortController();
@@ -170,11 +179,18 @@ export class Controller {
 
   async #loop(): Promise<void> {
     this.#running = true;
+    const gap = this.#d.minTickGapMs ?? 25;
+    let last = -Infinity;
     try {
       while (this.#again && !this.#stopped) {
+        // Always through the timers: a tick whose awaits all resolve at once (nothing to
+        // write, gates that pass at once) must not starve I/O by looping in microtasks.
+        await sleep(Math.max(0, gap - (performance.now() - last)));
+        if (this.#stopped) break;
         this.#again = false;
         const waiters = this.#waiters.splice(0);
         const t0 = performance.now();
+        last = t0;
         try {
           await this.#tick();
         } catch (err) {
@@ -191,8 +207,13 @@ export class Controller {
   }
 
   world(now = new Date()): World {
-    const inventory = new Map<string, InventoryNode>();
-    for (const [name, n] of this.#d.inventory.nodes) inventory.set(name, { status: n.status, online: this.#d.inventory.online(n, now.getTime()) });
+    let view = this.#inventoryView;
+    if (!view || now.getTime() - view.at >= INVENTORY_VIEW_MS || now.getTime() < view.at) {
+      const nodes = new Map<string, InventoryNode>();
+      for (const [name, n] of this.#d.inventory.nodes) nodes.set(name, { status: n.status, online: this.#d.inventory.online(n, now.getTime()) });
+      view = this.#inventoryView = { at: now.getTime(), nodes };
+    }
+    const inventory = view.nodes;
     const cpSlots = new Set<string>();
     for (const x of this.#working.values()) {
       if (!isActive(x.u)) continue;

@@ -210,14 +210,26 @@ export function decide(u: planner.Upgrade, w: World, plans: Map<string, planner.
 /** Nodes that have not passed their reboot gate and whose next hop is blocked, with why. */
 function blockedHops(u: planner.Upgrade, plans: Map<string, planner.NodePlan>, b: Blocks): Map<string, string> {
   const out = new Map<string, string>();
+  const why = new Map<string, string | undefined>(); // by "from to": a handful of hops for many nodes
   for (const g of u.progress) {
     if (nodeDone(g) || g.rebootGranted || g.hopIndex >= g.hopCount) continue;
     const to = plans.get(g.node)?.hops[g.hopIndex];
     if (!to) continue;
-    const r = b.release(to);
-    const e = b.edge(g.version, to);
-    if (r !== undefined) out.set(g.node, `release ${to} is blocked${r ? `: ${r}` : ""}`);
-    else if (e !== undefined) out.set(g.node, `the edge ${g.version} → ${to} is blocked${e ? `: ${e}` : ""}`);
+    const hop = `${g.version} ${to}`;
+    if (!why.has(hop)) {
+      const r = b.release(to);
+      const e = b.edge(g.version, to);
+      why.set(
+        hop,
+        r !== undefined
+          ? `release ${to} is blocked${r ? `: ${r}` : ""}`
+          : e !== undefined
+            ? `the edge ${g.version} → ${to} is blocked${e ? `: ${e}` : ""}`
+            : undefined,
+      );
+    }
+    const reason = why.get(hop);
+    if (reason !== undefined) out.set(g.node, reason);
   }
   return out;
 }
