@@ -3,37 +3,47 @@ import { readFileSync } from "node:fs";
 import { catalog } from "@ferry/proto";
 import { GrpcServer } from "@ferry/grpc";
 import { connectNats, openBucket, type NatsConnection } from "@ferry/messaging";
-import type { App, Logger } from "@ferry/runtime";
+import { serveMetrics, type App, type Logger, type MetricsServer } from "@ferry/runtime";
 import { loadSigningKey, parseKeyringJson } from "@ferry/signing";
 import { KvCatalogStore } from "./adapters/kv-store.ts";
 import { Catalog } from "./catalog.ts";
 import type { Config } from "./config.ts";
 import { catalogHandlers } from "./grpc/handlers.ts";
+import { CatalogMetrics } from "./metrics.ts";
 
 export const SERVICE = "ferry.catalog.v1.CatalogService";
 
 export interface CatalogApp extends App {
   /** The bound gRPC port (after start). */
   port(): number;
+  /** The /metrics port (0 when FERRY_METRICS_ADDR is unset). */
+  metricsPort(): number;
 }
 
 export function createApp(config: Config, logger: Logger): CatalogApp {
   // Keys are read before anything starts: a bad keyring or site key fails fast.
   const keyring = parseKeyringJson(readFileSync(config.keyringFile!, "utf8"));
   const siteKey = config.siteKeyFile ? loadSigningKey(readFileSync(config.siteKeyFile)) : undefined;
+  let nc: NatsConnection | undefined;
+  let store: KvCatalogStore | undefined;
+  let metricsServer: MetricsServer | undefined;
+  const metrics = new CatalogMetrics({
+    releases: () => store?.releases() ?? [],
+    blockedEdges: () => store?.blockedEdges().size ?? 0,
+  });
   const server = new GrpcServer({
     logger: logger.child({ component: "grpc" }),
     address: config.grpcAddr,
     tls: config.security.tls,
     token: config.security.token,
+    onCall: metrics.onCall,
   });
-  let nc: NatsConnection | undefined;
-  let store: KvCatalogStore | undefined;
   let connected = false;
   const setReady = () => server.health.set(connected && store?.ready === true);
 
   return {
     port: () => server.port,
+    metricsPort: () => metricsServer?.port ?? 0,
     async start() {
       nc = await connectNats({
         url: config.natsUrl,
@@ -55,10 +65,12 @@ export function createApp(config: Config, logger: Logger): CatalogApp {
       const cat = new Catalog({ store, keyring, siteKey, imports: { allowedDirs: config.importDirs.split(":").filter(Boolean) } });
       server.add(catalog.CatalogServiceService, catalogHandlers(cat));
       const port = await server.start();
+      if (config.metricsAddr) metricsServer = await serveMetrics(config.metricsAddr, metrics.registry, logger);
       setReady();
       logger.info(
         {
           port,
+          metricsPort: metricsServer?.port ?? 0,
           bucket: config.bucket,
           releases: store.releases().length,
           keyringKeys: keyring.keys.size,
@@ -69,6 +81,7 @@ export function createApp(config: Config, logger: Logger): CatalogApp {
       );
     },
     async stop(signal) {
+      await metricsServer?.close();
       await server.stop(signal);
       store?.stop();
       await nc?.drain();

@@ -5,6 +5,7 @@ import { BUCKETS } from "@ferry/messaging";
 const vars = {
   natsUrl: v.url("FERRY_NATS_URL", "NATS server URL(s), comma-separated", ["nats", "tls"], "nats://127.0.0.1:4222"),
   grpcAddr: v.addr("FERRY_GRPC_ADDR", "host:port the catalog's gRPC server listens on", "0.0.0.0:7401"),
+  metricsAddr: v.optionalAddr("FERRY_METRICS_ADDR", "host:port serving Prometheus metrics at /metrics (e.g. 0.0.0.0:9401; empty: none)"),
   logLevel: v.enumOf("FERRY_LOG_LEVEL", "log level", LOG_LEVELS, "info"),
   keyringFile: v.file("FERRY_KEYRING_FILE", 'keyring JSON {"threshold": N, "keys": [PEM...]} of the release signers the catalog trusts', false),
   siteKeyFile: v.file("FERRY_SITE_KEY_FILE", "PEM ed25519 private key used to re-sign explicitly trusted imports"),

@@ -14,6 +14,7 @@ import { AtomicJsonFile, type App, type Logger } from "@ferry/runtime";
 import { parseKeyringJson } from "@ferry/signing";
 import { NatsLink } from "./adapters/nats-link.ts";
 import { Outbox } from "./adapters/outbox.ts";
+import { StepMetrics } from "./adapters/step-metrics.ts";
 import { createPlatform } from "./adapters/platform.ts";
 import type { Config } from "./config.ts";
 import { DaemonController } from "./controller.ts";
@@ -58,6 +59,10 @@ export async function runningOsVersion(config: Pick<Config, "osVersion" | "osRel
 export function createApp(config: Config, logger: Logger, over: DaemonOverrides = {}): DaemonApp {
   const keyring = parseKeyringJson(readFileSync(config.keyringFile!, "utf8"));
   const outbox = new Outbox(config.dataDir, config.node);
+  if (config.metricsTextfile !== "off") {
+    const metrics = new StepMetrics(config.metricsTextfile || join(config.dataDir, "metrics", "ferry-node-daemon.prom"), config.node, logger);
+    outbox.on("event", (e) => metrics.observe(e));
+  }
   const state = new AtomicJsonFile<NodeState>(join(config.dataDir, "state.json"));
   const journal = new AtomicJsonFile<Journal>(join(config.dataDir, "journal.json"));
   const stop = new AbortController();

@@ -7,6 +7,11 @@ const vars = {
   arch: v.string("FERRY_ARCH", "CPU architecture", "arm64"),
   role: v.enumOf("FERRY_ROLE", "Kubernetes role of this node", ["control-plane", "worker"] as const, "worker"),
   dataDir: v.string("FERRY_DATA_DIR", "directory on the persistent data partition (journal, state, outbox), never in an A/B slot"),
+  metricsTextfile: v.string(
+    "FERRY_METRICS_TEXTFILE",
+    'node_exporter textfile with step durations and outcomes (default: <FERRY_DATA_DIR>/metrics/ferry-node-daemon.prom; "off": none)',
+    "",
+  ),
   natsUrl: v.url("FERRY_NATS_URL", "NATS server URL(s)", ["nats", "tls"], "nats://127.0.0.1:4222"),
   grpcAddr: v.addr("FERRY_GRPC_ADDR", "local NodeService listen address", "127.0.0.1:7404"),
   logLevel: v.enumOf("FERRY_LOG_LEVEL", "log level", LOG_LEVELS, "info"),
