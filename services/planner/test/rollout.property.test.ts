@@ -14,7 +14,8 @@ import { events, planner } from "@ferry/proto";
 import { CHUNK_SIZE } from "../src/adapters/upgrade-store.ts";
 import { decide, type World } from "../src/domain/rollout.ts";
 import { applyEvent, isActive, newProgress, nodeDone, reportedFailures } from "../src/domain/progress.ts";
-import { minorOf, type InventoryNode } from "../src/domain/plan.ts";
+import type { InventoryNode } from "../src/domain/plan.ts";
+import { minorOf } from "../src/domain/versions.ts";
 
 const { StepName: S, StepState: T } = events;
 const R = planner.NodeRunState;

@@ -102,13 +102,15 @@ describe("canary, failure budget, pause, resume, cancel", () => {
     await waitFor(async () => (await client.listNodes({ selector: "" })).nodes.length === 6);
     await client.createUpgrade({ id: "canary", spec: { target: "v1.33.7", selector: "", strategy: strategy({ canary: 2, maxUnavailable: 3 }) } });
     const waiting = await until(client, "canary", (x) => x.awaitingApproval);
+    // A patch of the minor the control plane runs: the canary is workers, and the control plane waits for the approval.
     expect(waiting.progress.filter((g) => g.runState === planner.NodeRunState.NODE_RUN_STATE_SUCCEEDED).map((g) => g.node)).toEqual([
-      "cp-0",
       "worker-1",
+      "worker-2",
     ]);
+    expect(waiting.progress.find((g) => g.node === "cp-0")!.runState).toBe(planner.NodeRunState.NODE_RUN_STATE_PENDING);
     // A second upgrade cannot claim nodes of this one.
     const pv = await client.previewUpgrade({ spec: { target: "v1.33.7", selector: "", strategy: undefined } });
-    expect(pv.nodes.find((p) => p.node === "worker-2")!.heldBackCode).toBe("CLAIMED");
+    expect(pv.nodes.find((p) => p.node === "worker-3")!.heldBackCode).toBe("CLAIMED");
     await client.pauseUpgrade({ id: "canary", reason: "lunch" });
     await client.approveUpgrade({ id: "canary", reason: "looks good" });
     await new Promise((r) => setTimeout(r, 500));

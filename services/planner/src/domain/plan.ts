@@ -7,6 +7,8 @@ import { events } from "@ferry/proto";
 import { compareVersions, parseVersion } from "@ferry/release";
 import { invalidArgument } from "@ferry/runtime";
 import type { Selector } from "./selector.ts";
+import { minorOf } from "./versions.ts";
+import { previewWaves } from "./waves.ts";
 
 export interface InventoryNode {
   status: events.NodeStatus;
@@ -54,22 +56,6 @@ export function nodeLabels(s: events.NodeStatus): Record<string, string> {
     "ferry.dev/version": s.currentVersion,
   };
 }
-
-const minors = new Map<string, number>();
-/** The minor of a version (memoised: the rollout asks it for every node on every tick, of a handful of versions). */
-export function minorOf(version: string): number {
-  let m = minors.get(version);
-  if (m === undefined) {
-    m = parseVersion(version).minor; // throws on a bad version: nothing is remembered
-    if (minors.size > 4096) minors.clear();
-    minors.set(version, m);
-  }
-  return m;
-}
-const minorName = (version: string) => {
-  const v = parseVersion(version);
-  return `v${v.major}.${v.minor}`;
-};
 
 /** Orders nodes the way the rollout takes them: control plane first, then by name. */
 export function rolloutOrder(a: { role: events.Role; node: string }, b: { role: events.Role; node: string }): number {
@@ -152,7 +138,7 @@ export async function planUpgrade(
   holdBackForSkew(nodes, plans);
   for (const p of plans) if (p.heldBackCode) hopsOf.delete(p.node);
   plans.sort(rolloutOrder);
-  const waves = computeWaves(plans, spec.strategy);
+  const waves = previewWaves(plans, spec.strategy, nodes);
   const taking = plans.filter((p) => !p.heldBackCode);
   const images = new Map<string, number>();
   for (const hops of hopsOf.values()) for (const h of hops) images.set(h.image.compressedSha256, h.image.compressedSize);
@@ -201,48 +187,4 @@ function holdBackForSkew(all: InventoryNode[], plans: planner.NodePlan[]): void 
     }
     if (!changed) return;
   }
-}
-
-/**
- * Waves: hop by hop (a phase per Kubernetes minor), each control-plane node alone, then
- * the workers max_unavailable at a time. The first `canary` nodes of the first phase are
- * the canary.
- */
-export function computeWaves(plans: planner.NodePlan[], strategy: planner.Strategy | undefined): planner.Wave[] {
-  const maxUnavailable = Math.max(1, strategy?.maxUnavailable ?? 1);
-  let canaryLeft = strategy?.canary ?? 0;
-  const taking = plans.filter((p) => !p.heldBackCode && p.hops.length > 0);
-  const phases = [...new Set(taking.flatMap((p) => p.hops.map(minorOf)))].sort((a, b) => a - b);
-  const waves: planner.Wave[] = [];
-  const push = (nodes: planner.NodePlan[], role: events.Role, canary: boolean, minor: number) => {
-    if (nodes.length === 0) return;
-    const versions = [...new Set(nodes.map((p) => p.hops.find((h) => minorOf(h) === minor)!))];
-    const w: planner.Wave = {
-      index: waves.length + 1,
-      version: versions.length === 1 ? versions[0]! : minorName(versions[0]!),
-      role,
-      canary,
-      nodes: nodes.map((p) => p.node),
-    };
-    waves.push(w);
-    for (const p of nodes) if (p.wave === 0) p.wave = w.index;
-  };
-  for (const minor of phases) {
-    const inPhase = taking.filter((p) => p.hops.some((h) => minorOf(h) === minor)).sort(rolloutOrder);
-    const workers: planner.NodePlan[] = [];
-    for (const p of inPhase) {
-      if (p.role === CP) {
-        push([p], CP, canaryLeft > 0, minor);
-        if (canaryLeft > 0) canaryLeft--;
-      } else workers.push(p);
-    }
-    if (canaryLeft > 0) {
-      const c = workers.splice(0, canaryLeft);
-      canaryLeft -= c.length;
-      for (let i = 0; i < c.length; i += maxUnavailable) push(c.slice(i, i + maxUnavailable), events.Role.ROLE_WORKER, true, minor);
-    }
-    for (let i = 0; i < workers.length; i += maxUnavailable) push(workers.slice(i, i + maxUnavailable), events.Role.ROLE_WORKER, false, minor);
-    canaryLeft = 0; // the canary is the first phase's first nodes only
-  }
-  return waves;
 }

@@ -9,12 +9,13 @@
 // - A node holds a slot in the reboot lock from its assignment until it commits or rolls
 //   back; at most one control-plane node holds one (across all upgrades), workers up to
 //   max_unavailable per upgrade. Slots are released by the node's report, never by a timer.
-// - The canary is the first N nodes; after their first hop the rollout waits for approval.
+// - The canary is the first N nodes the rules allow (workers first on a patch of the minor
+//   the control plane runs); after their first hop the rollout waits for approval.
 // - One failure more than the budget pauses the rollout (failures are derived from the
 //   progress; resuming accepts the failures so far).
 import { events, planner } from "@ferry/proto";
 import type { InventoryNode } from "./plan.ts";
-import { minorOf } from "./plan.ts";
+import { minorOf } from "./versions.ts";
 import { isActive, nodeDone, RELEASED, reportedFailures, summarize } from "./progress.ts";
 import { inWindow, parseWindow } from "./window.ts";
 
@@ -50,10 +51,8 @@ export interface Decisions {
 
 export const planOf = (u: planner.Upgrade) => new Map(u.plan.map((p) => [p.node, p]));
 
-/** The oldest control-plane minor known: from this upgrade's progress, else the heartbeats. */
-function oldestCpMinor(u: planner.Upgrade, w: World, plans: Map<string, planner.NodePlan>): number | undefined {
-  const mine = new Map<string, string>();
-  for (const g of u.progress) if (plans.get(g.node)?.role === CP) mine.set(g.node, g.version);
+/** The oldest control-plane minor known: from this upgrade's progress (`mine`, node → version), else the heartbeats. */
+function oldestCpMinor(mine: Map<string, string>, w: World): number | undefined {
   let min: number | undefined;
   for (const n of w.inventory.values()) {
     if (n.status.role !== CP) continue;
@@ -141,11 +140,15 @@ export function decide(u: planner.Upgrade, w: World, plans: Map<string, planner.
     const atCommitGate = g.step === S.STEP_NAME_COMMIT_GATE && g.stepState === T.STEP_STATE_STARTED;
     if (atRebootGate && !g.rebootGranted && g.holdsSlot) {
       if (u.cancelRequested) continue;
-      if (u.phase !== P.UPGRADE_PHASE_RUNNING) {
-        if (!g.message.startsWith("reboot held")) touch(g, "reboot held: the upgrade is paused");
-      } else if (!inWindow(window, w.now)) {
-        if (!g.message.startsWith("reboot held")) touch(g, `reboot held until the maintenance window ${strategy?.window?.daily} (UTC)`);
-      } else d.rebootReady.push(g.node);
+      // What holds the reboot, said once (a node's message changes only when the reason does).
+      const held =
+        u.phase !== P.UPGRADE_PHASE_RUNNING
+          ? "reboot held: the upgrade is paused"
+          : !inWindow(window, w.now)
+            ? `reboot held until the maintenance window ${strategy?.window?.daily} (UTC)`
+            : undefined;
+      if (held === undefined) d.rebootReady.push(g.node);
+      else if (g.message !== held) touch(g, held);
     }
     // A node in its trial boot finishes its hop whatever the rollout does: it is never
     // left waiting into a rollback because the rollout was paused or cancelled.
@@ -235,57 +238,87 @@ function blockedHops(u: planner.Upgrade, plans: Map<string, planner.NodePlan>, b
 }
 
 function startNodes(u: planner.Upgrade, w: World, plans: Map<string, planner.NodePlan>, touch: (g: planner.NodeProgress, m: string) => void): void {
-  const waiting = u.progress.filter((g) => g.runState === R.NODE_RUN_STATE_PENDING || g.runState === R.NODE_RUN_STATE_BETWEEN_HOPS);
-  if (waiting.length === 0) return;
-  const nextMinor = (g: planner.NodeProgress) => minorOf(plans.get(g.node)!.hops[g.hopIndex]!);
-  // The phase: the lowest minor any unfinished node still has to install.
-  const unfinished = u.progress.filter((g) => !nodeDone(g) && g.hopIndex < g.hopCount);
-  const phase = Math.min(
-    ...unfinished.map((g) => (g.runState === R.NODE_RUN_STATE_ACTIVE ? minorOf(plans.get(g.node)!.hops[g.hopIndex]!) : nextMinor(g))),
-  );
-  const roleOf = (g: planner.NodeProgress) => plans.get(g.node)!.role;
-  const cpOldest = oldestCpMinor(u, w, plans);
-  const start = (g: planner.NodeProgress) => {
-    g.runState = R.NODE_RUN_STATE_ACTIVE;
-    g.holdsSlot = true;
-    g.rebootGranted = false;
-    g.commitGranted = false;
-    g.step = S.STEP_NAME_UNSPECIFIED;
-    g.stepState = T.STEP_STATE_UNSPECIFIED;
-    g.errorCode = "";
-    g.bytesDone = 0;
-    g.bytesTotal = 0;
-    touch(g, `assigned hop ${g.hopIndex + 1}/${g.hopCount} to ${plans.get(g.node)!.hops[g.hopIndex]}`);
+  // This runs on every tick for every node, so it allocates nothing per node: a first pass
+  // finds the phase, the slots held and what the control plane and the canary are doing;
+  // a second one picks, and stops as soon as it has what it may start.
+  const cpVersions = new Map<string, string>();
+  let phase = Infinity;
+  let busy = 0;
+  let anyWaiting = false;
+  let cpActive = false;
+  let canaryWorkerFlying = false;
+  /** Minors that waiting control-plane nodes, and waiting canary workers, have next. */
+  const cpWaiting = new Set<number>();
+  const canaryWaiting = new Set<number>();
+  for (const g of u.progress) {
+    const p = plans.get(g.node);
+    if (!p) continue;
+    const cp = p.role === CP;
+    if (cp) cpVersions.set(g.node, g.version);
+    if (!cp && g.holdsSlot) busy++;
+    if (g.runState === R.NODE_RUN_STATE_ACTIVE) {
+      if (cp) cpActive = true;
+      else if (g.canary) canaryWorkerFlying = true;
+    }
+    if (nodeDone(g) || g.hopIndex >= g.hopCount) continue;
+    const minor = minorOf(p.hops[g.hopIndex]!);
+    if (minor < phase) phase = minor; // the lowest minor any unfinished node still has to install
+    if (isWaiting(g)) {
+      anyWaiting = true;
+      if (cp) cpWaiting.add(minor);
+      else if (g.canary) canaryWaiting.add(minor);
+    }
+  }
+  if (!anyWaiting) return;
+  const cpOldest = oldestCpMinor(cpVersions, w);
+  const canaryOnly = !!u.spec?.strategy?.canary && !u.approved;
+  const maxUnavailable = Math.max(1, u.spec?.strategy?.maxUnavailable ?? 1);
+  /** Starts the waiting nodes of this phase that `want` accepts, in order, up to `room`. */
+  const pick = (want: (g: planner.NodeProgress, p: planner.NodePlan) => boolean, room: number): void => {
+    let n = 0;
+    for (const g of u.progress) {
+      if (n >= room) break;
+      if (!isWaiting(g)) continue;
+      const p = plans.get(g.node);
+      if (!p || minorOf(p.hops[g.hopIndex]!) !== phase || !want(g, p)) continue;
+      n++;
+      g.runState = R.NODE_RUN_STATE_ACTIVE;
+      g.holdsSlot = true;
+      g.rebootGranted = false;
+      g.commitGranted = false;
+      g.step = S.STEP_NAME_UNSPECIFIED;
+      g.stepState = T.STEP_STATE_UNSPECIFIED;
+      g.errorCode = "";
+      g.bytesDone = 0;
+      g.bytesTotal = 0;
+      touch(g, `assigned hop ${g.hopIndex + 1}/${g.hopCount} to ${p.hops[g.hopIndex]}`);
+      if (p.role === CP) w.cpSlots.add(g.node);
+    }
   };
-  const eligible = (g: planner.NodePlan | undefined, p: planner.NodeProgress) => {
-    if (!g || !w.inventory.get(p.node)?.online) return false;
-    if (u.spec?.strategy?.canary && !u.approved && !p.canary) return false;
-    return nextMinor(p) === phase;
-  };
-  const cps = waiting.filter((g) => roleOf(g) === CP && nextMinor(g) === phase);
-  if (cps.length > 0) {
+  const online = (g: planner.NodeProgress) => w.inventory.get(g.node)?.online === true;
+  const allowed = (g: planner.NodeProgress) => (!canaryOnly || g.canary) && online(g);
+  // A canary of workers on a patch of the minor the whole control plane runs goes first:
+  // until those workers are done, no control-plane node starts.
+  if (canaryOnly && cpOldest !== undefined && phase <= cpOldest) {
+    if (canaryWorkerFlying || canaryWaiting.has(phase)) {
+      pick((g, p) => g.canary && p.role !== CP && online(g), maxUnavailable - busy);
+      return;
+    }
+  }
+  if (cpWaiting.has(phase)) {
     // Control plane of this phase first, strictly one at a time across all upgrades.
     if (w.cpSlots.size > 0) return;
     if (cpOldest !== undefined && phase > cpOldest + 1) return;
-    const g = cps.find((c) => eligible(plans.get(c.node), c));
-    if (g) {
-      start(g);
-      w.cpSlots.add(g.node);
-    }
+    pick((g, p) => p.role === CP && allowed(g), 1);
     return;
   }
-  if (u.progress.some((g) => roleOf(g) === CP && g.runState === R.NODE_RUN_STATE_ACTIVE)) return;
+  if (cpActive) return;
   // Workers: never newer than the oldest control-plane node.
   if (cpOldest !== undefined && phase > cpOldest) return;
-  const maxUnavailable = Math.max(1, u.spec?.strategy?.maxUnavailable ?? 1);
-  let busy = u.progress.filter((g) => roleOf(g) !== CP && g.holdsSlot).length;
-  for (const g of waiting) {
-    if (busy >= maxUnavailable) break;
-    if (roleOf(g) === CP || !eligible(plans.get(g.node), g)) continue;
-    start(g);
-    busy++;
-  }
+  pick((g, p) => p.role !== CP && allowed(g), maxUnavailable - busy);
 }
+
+const isWaiting = (g: planner.NodeProgress) => g.runState === R.NODE_RUN_STATE_PENDING || g.runState === R.NODE_RUN_STATE_BETWEEN_HOPS;
 
 /** The assignment a node should see, or undefined when it should have none. */
 export function desiredAssignment(
