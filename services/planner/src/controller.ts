@@ -19,6 +19,7 @@ import type { InventoryNode } from "./domain/plan.ts";
 import { applyEvent, grant, isActive } from "./domain/progress.ts";
 import { decide, type Blocks, type World } from "./domain/rollout.ts";
 import { consumeEvents, CONSUMER } from "./events-consumer.ts";
+import { GateChecks } from "./gate-checks.ts";
 import type { ClusterGates, Stager } from "./ports.ts";
 import { NO_DISTRIBUTOR, Staging, emptyStaging } from "./staging.ts";
 import { Working } from "./working.ts";
@@ -66,9 +67,7 @@ export class Controller {
   readonly #working = new Map<string, Working>();
   readonly #projection: AssignmentProjection;
   readonly #staging: Staging | undefined;
-  /** Gate checks in flight (drains can take minutes) and their results, by gate key. */
-  readonly #gateTasks = new Set<string>();
-  readonly #gateResults = new Map<string, { ok: true } | { ok: false; why: string; at: number }>();
+  readonly #gates = new GateChecks(() => void this.kick());
   #messages: ConsumerMessages | undefined;
   /** Events applied in memory but not yet persisted, so not yet acked. */
   #unacked: JsMsg[] = [];
@@ -239,7 +238,7 @@ export class Controller {
       for (const node of d.touched) x.touch(node);
       const gate = (node: string, kind: "reboot" | "commit", check: () => Promise<true | string>) => {
         const g = x.progressOf(node)!;
-        const r = this.#gate(`${kind}/${u.id}/${node}/${g.hopIndex}`, check);
+        const r = this.#gates.check(kind, `${u.id}/${node}/${g.hopIndex}`, check);
         if (r === true) grant(g, kind);
         else if (g.message !== r) g.message = r;
         else return;
@@ -293,32 +292,6 @@ export class Controller {
       await this.#d.store.remove(h.id);
       this.#d.log.info({ upgrade: h.id, finishedAt: h.finishedAt }, "upgrade removed: its history period ended");
     }
-  }
-
-  /**
-   * A gate check that may take long (a drain) runs beside the loop: true once it passed,
-   * else what the node waits for. A failed check is retried a second later.
-   */
-  #gate(key: string, check: () => Promise<true | string>): true | string {
-    const r = this.#gateResults.get(key);
-    if (r?.ok) {
-      this.#gateResults.delete(key);
-      return true;
-    }
-    if (!this.#stopped && !this.#gateTasks.has(key) && (!r || Date.now() - r.at > 1000)) {
-      this.#gateTasks.add(key);
-      void check()
-        .then(
-          (res) => this.#gateResults.set(key, res === true ? { ok: true } : { ok: false, why: res, at: Date.now() }),
-          (err: unknown) => this.#gateResults.set(key, { ok: false, why: (err as Error).message, at: Date.now() }),
-        )
-        .finally(() => {
-          this.#gateTasks.delete(key);
-          void this.kick();
-        });
-    }
-    const kind = key.startsWith("reboot/") ? "reboot held" : "commit held";
-    return r && !r.ok ? `${kind}: ${r.why}` : key.startsWith("reboot/") ? "draining before the reboot" : "checking cluster health before the commit";
   }
 
   /** Uncordons (if Ferry cordoned it) beside the loop; the gates retry while the API is away. */

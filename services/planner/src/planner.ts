@@ -2,21 +2,20 @@
 // commands (leader only: they change rollout state) and the reads (any replica).
 import type { catalog } from "@ferry/proto";
 import { events, planner } from "@ferry/proto";
-import { GrpcCallError, status, type TypedClient } from "@ferry/grpc";
+import type { TypedClient } from "@ferry/grpc";
 import { alreadyExists, failedPrecondition, invalidArgument, notFound, unavailable, type Logger } from "@ferry/runtime";
 import type { KV } from "@ferry/messaging";
 import { ClaimsRecord, type UpgradeState } from "./adapters/claims.ts";
+import { catalogPaths } from "./adapters/catalog-paths.ts";
 import type { Inventory, NodeEntry } from "./adapters/inventory.ts";
 import type { UpgradeStore } from "./adapters/upgrade-store.ts";
 import type { Controller } from "./controller.ts";
-import { HELD, planUpgrade, type InventoryNode, type PathLookup, nodeLabels } from "./domain/plan.ts";
+import { planUpgrade, type InventoryNode, nodeLabels } from "./domain/plan.ts";
 import { isActive, newProgress, nodeDone, RELEASED, reportedFailures, summarize } from "./domain/progress.ts";
 import { parseSelector } from "./domain/selector.ts";
-import { parseWindow } from "./domain/window.ts";
-import { BAD_TARGET_CODES, CatalogCode } from "@ferry/catalog/errors";
+import { checkSpec, ID_RE, newId, phaseName } from "./domain/spec.ts";
 
 const P = planner.UpgradePhase;
-const ID_RE = /^[a-z0-9]([a-z0-9-]{0,38}[a-z0-9])?$/;
 
 export interface PlannerDeps {
   catalog: TypedClient<typeof catalog.CatalogServiceService>;
@@ -101,23 +100,6 @@ export class Planner {
 
   // ---- preview ----
 
-  #lookup(signal?: AbortSignal): PathLookup {
-    return async (board, from, target) => {
-      try {
-        const r = await this.#d.catalog.findPath({ fromVersion: from, target, board }, { signal });
-        return { ok: true, target: r.targetVersion, hops: r.hops.map((h) => ({ toVersion: h.toVersion, image: h.image!, envelope: h.envelope! })) };
-      } catch (err) {
-        if (!(err instanceof GrpcCallError) || !err.errorCode) throw unavailable(`catalog: ${(err as Error).message}`, "CATALOG_UNAVAILABLE", err);
-        if (err.errorCode === CatalogCode.DOWNGRADE) return { ok: false, code: HELD.already, reason: `already on ${from}, newer than ${target}` };
-        if (err.errorCode === CatalogCode.WRONG_BOARD) return { ok: false, code: HELD.wrongBoard, reason: err.details };
-        if (err.errorCode === CatalogCode.NO_PATH) return { ok: false, code: HELD.noPath, reason: err.details };
-        if (BAD_TARGET_CODES.has(err.errorCode) || err.code === status.INVALID_ARGUMENT)
-          throw invalidArgument(`target "${target}": ${err.details}`, err.errorCode);
-        return { ok: false, code: HELD.noPath, reason: err.details };
-      }
-    };
-  }
-
   #inventoryView(): InventoryNode[] {
     const claims = this.claims();
     const now = Date.now();
@@ -130,7 +112,7 @@ export class Planner {
 
   async preview(spec: planner.UpgradeSpec | undefined, signal?: AbortSignal): Promise<planner.PreviewUpgradeResponse> {
     const s = checkSpec(spec);
-    return (await planUpgrade(this.#inventoryView(), parseSelector(s.selector), s, this.#lookup(signal))).preview;
+    return (await planUpgrade(this.#inventoryView(), parseSelector(s.selector), s, catalogPaths(this.#d.catalog, signal))).preview;
   }
 
   // ---- commands (leader) ----
@@ -167,7 +149,7 @@ export class Planner {
         throw alreadyExists(`upgrade ${req.id} exists with another spec`, "UPGRADE_EXISTS");
       }
     }
-    const { preview, releases } = await planUpgrade(this.#inventoryView(), parseSelector(spec.selector), spec, this.#lookup(signal));
+    const { preview, releases } = await planUpgrade(this.#inventoryView(), parseSelector(spec.selector), spec, catalogPaths(this.#d.catalog, signal));
     const taking = preview.nodes.filter((p) => !p.heldBackCode);
     if (taking.length === 0) {
       const why = [...new Set(preview.nodes.map((p) => p.heldBackReason))].slice(0, 3).join("; ");
@@ -371,21 +353,4 @@ export class Planner {
     ups.sort((a, b) => (b.createdAt?.getTime() ?? 0) - (a.createdAt?.getTime() ?? 0));
     return { upgrades: ups };
   }
-}
-
-const phaseName = (u: planner.Upgrade) => planner.upgradePhaseToJSON(u.phase).replace("UPGRADE_PHASE_", "").toLowerCase();
-
-function newId(now: Date): string {
-  const t = now.toISOString().replace(/[-:T]/g, "").slice(0, 14);
-  return `up-${t}-${Math.random().toString(36).slice(2, 6)}`;
-}
-
-function checkSpec(spec: planner.UpgradeSpec | undefined): planner.UpgradeSpec {
-  if (!spec?.target)
-    throw invalidArgument("spec.target is required: an exact version (v1.35.1), a minor (v1.35) or an alias (stable)", "TARGET_REQUIRED");
-  parseSelector(spec.selector);
-  const st = spec.strategy ?? { maxUnavailable: 0, canary: 0, failureBudget: 0, healthTimeoutSeconds: 0, window: undefined };
-  parseWindow(st.window?.daily ?? "");
-  if (st.healthTimeoutSeconds > 86_400) throw invalidArgument("strategy.health_timeout_seconds: at most 86400 (a day)", "BAD_STRATEGY");
-  return { target: spec.target.trim(), selector: spec.selector.trim(), strategy: { ...st, maxUnavailable: Math.max(1, st.maxUnavailable) } };
 }
