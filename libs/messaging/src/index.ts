@@ -1,2 +1,3 @@
 export * from "./names.ts";
 export * from "./connection.ts";
+export * from "./channels.ts";

@@ -2,7 +2,7 @@
 import { readFileSync } from "node:fs";
 import { catalog } from "@ferry/proto";
 import { GrpcServer } from "@ferry/grpc";
-import { connectNats, openBucket, type NatsConnection } from "@ferry/messaging";
+import { CHANNELS, connectNats, openBucket, type NatsConnection } from "@ferry/messaging";
 import { serveMetrics, type App, type Logger, type MetricsServer } from "@ferry/runtime";
 import { loadSigningKey, parseKeyringJson } from "@ferry/signing";
 import { KvCatalogStore } from "./adapters/kv-store.ts";
@@ -55,10 +55,11 @@ export function createApp(config: Config, logger: Logger): CatalogApp {
         },
       });
       connected = true;
+      // The declared channel, in the bucket the configuration names (FERRY_CATALOG_BUCKET).
       const kv = await openBucket(nc, config.bucket, {
         replicas: config.replicas,
-        history: 5,
-        description: "Ferry catalog: releases, aliases, blocked edges",
+        history: CHANNELS.catalog.history,
+        description: CHANNELS.catalog.description,
       });
       store = new KvCatalogStore(kv);
       await store.start();

@@ -5,9 +5,9 @@ import { join } from "node:path";
 import { describe, expect, it } from "vitest";
 import { jetstreamManager } from "@nats-io/jetstream";
 import { events } from "@ferry/proto";
-import { connectNats, ensureEventsStream, EVENTS_STREAM } from "@ferry/messaging";
+import { connectNats, ensureEventsStream, EVENTS_STREAM, stepEventPublisher } from "@ferry/messaging";
 import { NatsServer, tempDir, waitFor } from "@ferry/testing";
-import { jetstreamPublisher, Outbox } from "../src/adapters/outbox.ts";
+import { Outbox } from "../src/adapters/outbox.ts";
 
 const NODE = "edge-1.site-a";
 const ev = (i: number): Omit<events.StepEvent, "seq" | "time" | "node"> => ({
@@ -48,7 +48,7 @@ describe("Outbox", () => {
     await box.open();
     for (let i = 1; i <= 10; i++) await box.append(ev(i));
     const ac = new AbortController();
-    const delivering = box.deliver(jetstreamPublisher(nc), ac.signal);
+    const delivering = box.deliver(stepEventPublisher(nc), ac.signal);
     await waitFor(() => box.pendingCount === 0);
     ac.abort();
     await delivering;
@@ -66,7 +66,7 @@ describe("Outbox", () => {
     let box = new Outbox(dir.path, NODE);
     await box.open();
     let ac = new AbortController();
-    let delivering = box.deliver(jetstreamPublisher(nc), ac.signal, 100);
+    let delivering = box.deliver(stepEventPublisher(nc), ac.signal, 100);
     for (let i = 1; i <= 5; i++) await box.append(ev(i));
     await waitFor(() => box.pendingCount === 0);
     await nats.stop();
@@ -83,7 +83,7 @@ describe("Outbox", () => {
     await nats.restart();
     const nc2 = await connectNats({ url: nats.url, name: "daemon" });
     ac = new AbortController();
-    delivering = box.deliver(jetstreamPublisher(nc2), ac.signal, 100);
+    delivering = box.deliver(stepEventPublisher(nc2), ac.signal, 100);
     await waitFor(() => box.pendingCount === 0, { timeoutMs: 20_000 });
     ac.abort();
     await delivering;

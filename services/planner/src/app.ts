@@ -3,7 +3,7 @@
 // tied to readiness (NATS up and the planner's KV mirrored).
 import { catalog, planner } from "@ferry/proto";
 import { createClient, GrpcServer, loadClientOptions } from "@ferry/grpc";
-import { BUCKETS, connectNats, ensureEventsStream, openBucket, readBucket, type NatsConnection } from "@ferry/messaging";
+import { CHANNELS, connectNats, ensureEventsStream, TypedBucket, type NatsConnection } from "@ferry/messaging";
 import { serveMetrics, type App, type Logger, type MetricsServer } from "@ferry/runtime";
 import { Inventory } from "./adapters/inventory.ts";
 import { LeaderLease } from "./adapters/lease.ts";
@@ -103,18 +103,11 @@ export function createApp(config: Config, logger: Logger, over: PlannerOverrides
       const conn = nc;
       await ensureEventsStream(conn, { replicas: config.replicas });
       const opts = { replicas: config.replicas };
-      const plannerKv = await openBucket(conn, BUCKETS.planner, {
-        ...opts,
-        history: 1,
-        description: "Ferry rollout state and leader lease, written by the planner",
-      });
-      const assignments = await openBucket(conn, BUCKETS.assignments, {
-        ...opts,
-        description: "Ferry assignments, one key per node, written by the planner",
-      });
-      const nodes = await openBucket(conn, BUCKETS.nodes, { ...opts, description: "Ferry node status, one key per node, written by that node" });
+      const plannerKv = (await TypedBucket.open(conn, CHANNELS.rollout, opts)).kv;
+      const assignments = await TypedBucket.open(conn, CHANNELS.assignments, opts);
+      const nodes = await TypedBucket.open(conn, CHANNELS.nodeStatus, opts);
       // The catalog's bucket (its only writer is the catalog): mirrored for blocks, retried until it exists.
-      blocks = new CatalogBlocks(() => readBucket(conn, BUCKETS.catalog), log.child({ component: "catalog-blocks" }));
+      blocks = new CatalogBlocks(async () => (await TypedBucket.read(conn, CHANNELS.catalog)).kv, log.child({ component: "catalog-blocks" }));
       blocks.onChange = () => void controller?.kick();
       blocks.start();
       store = new UpgradeStore(plannerKv);

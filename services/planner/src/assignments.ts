@@ -3,8 +3,9 @@
 // when it differs from what was last written. Every write carries the leader's term (the
 // nodes' fencing token) and is made only while this planner still leads; a new leader
 // reconciles every key with its state before it acts.
-import { events, planner } from "@ferry/proto";
-import type { KV } from "@ferry/messaging";
+import type { events } from "@ferry/proto";
+import { planner } from "@ferry/proto";
+import type { TypedBucket } from "@ferry/messaging";
 import type { Logger } from "@ferry/runtime";
 import { nodeDone, RELEASED } from "./domain/progress.ts";
 import { desiredAssignment } from "./domain/rollout.ts";
@@ -13,7 +14,7 @@ import { desiredAssignment } from "./domain/rollout.ts";
 const BATCH = 256;
 
 export interface ProjectionDeps {
-  kv: KV;
+  kv: TypedBucket<events.Assignment>;
   log: Logger;
   term: number;
   isLeader: () => boolean;
@@ -47,14 +48,14 @@ export class AssignmentProjection {
    * and rewritten under this term by the first sync (their keys differ).
    */
   async load(known: (upgradeId: string) => boolean): Promise<void> {
-    for await (const node of await this.#d.kv.keys()) {
-      const e = await this.#d.kv.get(node);
-      if (e?.operation !== "PUT" || e.value.length === 0) continue;
+    for await (const node of this.#d.kv.keys()) {
       let a: events.Assignment;
       try {
-        a = events.Assignment.decode(e.value);
-      } catch {
-        this.#d.log.warn({ node }, "deleting an undecodable assignment");
+        const e = await this.#d.kv.get(node);
+        if (!e) continue;
+        a = e.value;
+      } catch (err) {
+        this.#d.log.warn({ node, err: (err as Error).message }, "deleting an undecodable assignment");
         await this.#d.kv.delete(node);
         continue;
       }
@@ -92,9 +93,9 @@ export class AssignmentProjection {
         const released = g.errorCode === RELEASED && g.runState !== planner.NodeRunState.NODE_RUN_STATE_ACTIVE;
         // A released node's cancel stays until another upgrade assigns the node.
         if (released && cur && cur.upgradeId !== u.id) continue;
-        const bytes = events.Assignment.encode({ ...want, updatedAt: new Date() }).finish();
+        const value = { ...want, updatedAt: new Date() };
         ops.push(async () => {
-          await this.#d.kv.put(g.node, bytes);
+          await this.#d.kv.put(g.node, value);
           this.#written.set(g.node, { upgradeId: u.id, rebootAllowed: want.rebootAllowed, released, key });
           if (released) this.#d.released(g.node);
           if (want.rebootAllowed && !cur?.rebootAllowed) this.#d.log.info({ upgrade: u.id, node: g.node, hop: g.hopIndex }, "reboot granted");

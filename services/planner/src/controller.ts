@@ -10,7 +10,7 @@
 import { setTimeout as sleep } from "node:timers/promises";
 import type { JsMsg, ConsumerMessages } from "@nats-io/jetstream";
 import { events, planner } from "@ferry/proto";
-import type { KV, NatsConnection } from "@ferry/messaging";
+import { decodeStepEvent, type NatsConnection, type TypedBucket } from "@ferry/messaging";
 import { failedPrecondition, notFound, unavailable, type Logger } from "@ferry/runtime";
 import type { Inventory } from "./adapters/inventory.ts";
 import type { UpgradeStore } from "./adapters/upgrade-store.ts";
@@ -35,7 +35,7 @@ const INVENTORY_VIEW_MS = 1000;
 
 export interface ControllerDeps {
   nc: NatsConnection;
-  assignments: KV;
+  assignments: TypedBucket<events.Assignment>;
   store: UpgradeStore;
   inventory: Inventory;
   log: Logger;
@@ -151,7 +151,7 @@ export class Controller {
     if (this.#stopped) return;
     let e: events.StepEvent;
     try {
-      e = events.StepEvent.decode(m.data);
+      e = decodeStepEvent(m.data);
     } catch {
       this.#d.log.warn({ subject: m.subject, seq: m.seq }, "undecodable step event skipped");
       m.term();

@@ -5,8 +5,7 @@
 // stream ends once the upgrade has ended and every one of its events has been sent.
 import { DeliverPolicy, jetstream } from "@nats-io/jetstream";
 import type { planner } from "@ferry/proto";
-import { events } from "@ferry/proto";
-import { EVENTS_STREAM, eventFilter, type NatsConnection } from "@ferry/messaging";
+import { decodeStepEvent, EVENTS_STREAM, eventFilter, type NatsConnection } from "@ferry/messaging";
 import type { UpgradeStore } from "./adapters/upgrade-store.ts";
 import { isActive } from "./domain/progress.ts";
 
@@ -63,7 +62,7 @@ export async function* watchUpgrade(
       lastEventAt = Date.now();
       pending = m.info.pending;
       try {
-        push({ event: events.StepEvent.decode(m.data), streamSeq: m.seq, storedAt: new Date(m.info.timestampNanos / 1e6) });
+        push({ event: decodeStepEvent(m.data), streamSeq: m.seq, storedAt: new Date(m.info.timestampNanos / 1e6) });
       } catch {
         // not a step event: skipped
       }

@@ -4,9 +4,9 @@
 //   releases.<version>      catalog.v1.Release (proto binary)
 //   aliases.<name>          catalog.v1.Alias
 //   edges.<from>=<to>       catalog.v1.BlockedEdge
-import { catalog } from "@ferry/proto";
+import type { catalog } from "@ferry/proto";
 import { aborted } from "@ferry/runtime";
-import { isRevisionConflict, mirrorBucket, type KV } from "@ferry/messaging";
+import { isRevisionConflict, mirrorBucket, RECORDS, type KV } from "@ferry/messaging";
 
 type Release = catalog.Release;
 type Alias = catalog.Alias;
@@ -47,13 +47,13 @@ export class KvCatalogStore {
     if (kind === "releases") {
       const cur = this.#releases.get(name);
       if (cur && cur.revision >= revision) return;
-      if (value) this.#releases.set(name, { value: catalog.Release.decode(value), revision });
+      if (value) this.#releases.set(name, { value: RECORDS.release.decode(value), revision });
       else this.#releases.delete(name);
     } else if (kind === "aliases") {
-      if (value) this.#aliases.set(name, catalog.Alias.decode(value));
+      if (value) this.#aliases.set(name, RECORDS.alias.decode(value));
       else this.#aliases.delete(name);
     } else if (kind === "edges") {
-      if (value) this.#edges.set(name, catalog.BlockedEdge.decode(value));
+      if (value) this.#edges.set(name, RECORDS.blockedEdge.decode(value));
       else this.#edges.delete(name);
     }
   }
@@ -78,14 +78,14 @@ export class KvCatalogStore {
   async createRelease(r: Release): Promise<{ created: boolean; release: Release }> {
     const key = `releases.${r.version}`;
     try {
-      const revision = await this.#kv.create(key, catalog.Release.encode(r).finish());
-      this.#apply(key, catalog.Release.encode(r).finish(), revision);
+      const revision = await this.#kv.create(key, RECORDS.release.encode(r));
+      this.#apply(key, RECORDS.release.encode(r), revision);
       return { created: true, release: r };
     } catch (err) {
       const existing = await this.#kv.get(key);
       if (existing && existing.operation === "PUT") {
         this.#apply(key, existing.value, existing.revision);
-        return { created: false, release: catalog.Release.decode(existing.value) };
+        return { created: false, release: RECORDS.release.decode(existing.value) };
       }
       throw err;
     }
@@ -97,8 +97,8 @@ export class KvCatalogStore {
     for (let i = 0; i < MAX_CAS_ATTEMPTS; i++) {
       const e = await this.#kv.get(key);
       if (!e || e.operation !== "PUT") return undefined;
-      const next = change(catalog.Release.decode(e.value));
-      const bytes = catalog.Release.encode(next).finish();
+      const next = change(RECORDS.release.decode(e.value));
+      const bytes = RECORDS.release.encode(next);
       try {
         const revision = await this.#kv.update(key, bytes, e.revision);
         this.#apply(key, bytes, revision);
@@ -112,7 +112,7 @@ export class KvCatalogStore {
 
   async putAlias(a: Alias): Promise<void> {
     const key = `aliases.${a.name}`;
-    const bytes = catalog.Alias.encode(a).finish();
+    const bytes = RECORDS.alias.encode(a);
     const revision = await this.#kv.put(key, bytes);
     this.#apply(key, bytes, revision);
   }
@@ -125,7 +125,7 @@ export class KvCatalogStore {
 
   async putBlockedEdge(e: BlockedEdge): Promise<void> {
     const key = `edges.${e.fromVersion}=${e.toVersion}`;
-    const bytes = catalog.BlockedEdge.encode(e).finish();
+    const bytes = RECORDS.blockedEdge.encode(e);
     const revision = await this.#kv.put(key, bytes);
     this.#apply(key, bytes, revision);
   }

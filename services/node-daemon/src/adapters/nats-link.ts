@@ -2,10 +2,10 @@
 // the outbox delivery and the heartbeat, watch the assignment. Any step that fails (NATS
 // away, JetStream not ready yet, a watch that ends) closes the session and starts it again
 // after a backoff; the link's state names the failing step, for the heartbeat and GetStatus.
-import { events } from "@ferry/proto";
-import { BUCKETS, connectNats, openBucket, type KV, type NatsConnection } from "@ferry/messaging";
+import type { events } from "@ferry/proto";
+import { CHANNELS, connectNats, stepEventPublisher, TypedBucket, type NatsConnection } from "@ferry/messaging";
 import { Backoff, type Logger } from "@ferry/runtime";
-import { jetstreamPublisher, type Outbox } from "./outbox.ts";
+import type { Outbox } from "./outbox.ts";
 
 export interface NatsLinkOptions {
   url: string;
@@ -23,7 +23,7 @@ export interface NatsLinkOptions {
 export class NatsLink {
   readonly #o: NatsLinkOptions;
   #state = "connecting";
-  #nodes: KV | undefined;
+  #nodes: TypedBucket<events.NodeStatus> | undefined;
   #nc: NatsConnection | undefined;
 
   constructor(o: NatsLinkOptions) {
@@ -47,12 +47,12 @@ export class NatsLink {
         this.#nc = await connectNats({ url: this.#o.url, name: `ferry-node-daemon ${this.#o.node}`, connectTimeoutMs: 3000 });
         const nc = this.#nc;
         void nc.closed().then(stop);
-        step = `open bucket ${BUCKETS.nodes}`;
-        this.#nodes = await openBucket(nc, BUCKETS.nodes, { description: "Ferry node status, one key per node, written by that node" });
-        step = `open bucket ${BUCKETS.assignments}`;
-        const assignments = await openBucket(nc, BUCKETS.assignments, { description: "Ferry assignments, one key per node, written by the planner" });
+        step = `open bucket ${CHANNELS.nodeStatus.bucket}`;
+        this.#nodes = await TypedBucket.open(nc, CHANNELS.nodeStatus);
+        step = `open bucket ${CHANNELS.assignments.bucket}`;
+        const assignments = await TypedBucket.open(nc, CHANNELS.assignments);
         step = "deliver events";
-        void this.#o.outbox.deliver(jetstreamPublisher(nc), session.signal).catch((err: unknown) => {
+        void this.#o.outbox.deliver(stepEventPublisher(nc), session.signal).catch((err: unknown) => {
           this.#o.log.warn({ err: (err as Error).message }, "event delivery stopped; restarting the NATS session");
           stop();
         });
@@ -62,19 +62,12 @@ export class NatsLink {
         step = "heartbeat";
         await this.heartbeat(true);
         step = "watch assignment";
-        const watcher = await assignments.watch({ key: this.#o.node });
-        session.signal.addEventListener("abort", () => watcher.stop(), { once: true });
+        const watcher = assignments.watch(this.#o.node, session.signal);
         backoff.reset();
         this.#o.log.info("NATS session up: heartbeating, watching the assignment, delivering events");
         for await (const e of watcher) {
-          let a: events.Assignment | undefined;
-          try {
-            a = e.operation === "PUT" && e.value.length > 0 ? events.Assignment.decode(e.value) : undefined;
-          } catch (err) {
-            this.#o.log.warn({ err: (err as Error).message }, "unreadable assignment; keeping the grant already held");
-            a = undefined;
-          }
-          await this.#o.onAssignment(a);
+          if ("error" in e) this.#o.log.warn({ err: e.error.message }, "unreadable assignment; keeping the grant already held");
+          await this.#o.onAssignment("error" in e ? undefined : e.value);
         }
         if (!this.#o.signal.aborted) throw new Error("the assignment watch ended");
       } catch (err) {
@@ -97,7 +90,7 @@ export class NatsLink {
     const kv = this.#nodes;
     if (!kv) return;
     try {
-      await kv.put(this.#o.node, events.NodeStatus.encode(await this.#o.status()).finish());
+      await kv.put(this.#o.node, await this.#o.status());
     } catch (err) {
       if (mustSucceed) throw err;
       this.#o.log.debug({ err: (err as Error).message }, "heartbeat not written");

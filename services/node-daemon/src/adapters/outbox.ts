@@ -6,24 +6,9 @@
 import { EventEmitter } from "node:events";
 import { open, readFile } from "node:fs/promises";
 import { dirname, join } from "node:path";
-import { jetstream } from "@nats-io/jetstream";
-import { headers, type NatsConnection } from "@nats-io/nats-core";
 import { events } from "@ferry/proto";
-import { eventMsgId, eventSubject } from "@ferry/messaging";
+import type { StepEventPublisher } from "@ferry/messaging";
 import { fsyncDir, sleep, writeFileAtomic } from "@ferry/runtime";
-
-/** Puts one event on the bus; resolves once it is stored (JetStream's ack). */
-export type PublishFn = (subject: string, data: Uint8Array, msgId: string) => Promise<void>;
-
-/** JetStream publishing with the server's dedupe header. */
-export function jetstreamPublisher(nc: NatsConnection): PublishFn {
-  const js = jetstream(nc, { timeout: 5000 });
-  return async (subject, data, msgId) => {
-    const h = headers();
-    h.set("Nats-Msg-Id", msgId);
-    await js.publish(subject, data, { headers: h });
-  };
-}
 
 interface Cursor {
   /** Highest sequence ever assigned. */
@@ -167,7 +152,7 @@ export class Outbox extends EventEmitter<{ event: [events.StepEvent]; delivered:
    * Delivers pending events in order until `signal` aborts; waits and retries while NATS
    * is unreachable. The server dedupes by Nats-Msg-Id; consumers also dedupe by seq.
    */
-  async deliver(publish: PublishFn, signal: AbortSignal, retryMs = 500): Promise<void> {
+  async deliver(publish: StepEventPublisher, signal: AbortSignal, retryMs = 500): Promise<void> {
     while (!signal.aborted) {
       const next = this.#pending[0];
       if (!next) {
@@ -183,7 +168,7 @@ export class Outbox extends EventEmitter<{ event: [events.StepEvent]; delivered:
         continue;
       }
       try {
-        await publish(eventSubject(next.upgradeId, this.node), events.StepEvent.encode(next).finish(), eventMsgId(this.node, next.seq));
+        await publish(next); // next.node is this outbox's node: its own subject, Nats-Msg-Id <node>:<seq>
       } catch {
         await sleep(retryMs, signal).catch(() => undefined);
         continue;

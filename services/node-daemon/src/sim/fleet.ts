@@ -7,9 +7,8 @@
 // daemon's rules (domain/gates.ts): closed unless granted, a deleted assignment keeps
 // waiting, older terms refused, a cancel sticks, another hop supersedes the run, a commit
 // grant counts only after the trial boot. test/fleet.test.ts runs both on one sequence.
-import { jetstreamPublisher, type PublishFn } from "../adapters/outbox.ts";
 import { events } from "@ferry/proto";
-import { BUCKETS, eventMsgId, eventSubject, openBucket, type KV, type NatsConnection } from "@ferry/messaging";
+import { CHANNELS, stepEventPublisher, TypedBucket, type NatsConnection, type StepEventPublisher } from "@ferry/messaging";
 import { sleep } from "@ferry/runtime";
 import { afterBoot, grantFor, grantOf, nextGrant } from "../domain/gates.ts";
 import { eventDraft, type Grant } from "../steps/ports.ts";
@@ -63,12 +62,12 @@ export class SimFleet {
   readonly #nc: NatsConnection;
   readonly #o: Required<FleetOptions>;
   readonly #stop = new AbortController();
-  #nodes: KV | undefined;
-  readonly #publish: PublishFn;
+  #nodes: TypedBucket<events.NodeStatus> | undefined;
+  readonly #publish: StepEventPublisher;
 
   constructor(nc: NatsConnection, boards: FleetBoard[], o: FleetOptions = {}) {
     this.#nc = nc;
-    this.#publish = jetstreamPublisher(nc);
+    this.#publish = stepEventPublisher(nc);
     this.#o = { heartbeatMs: 5000, stepMs: 5, gatePollMs: 50, failingVersions: [], onEvent: () => undefined, ...o };
     for (const b of boards) {
       this.boards.set(b.name, {
@@ -87,20 +86,19 @@ export class SimFleet {
   }
 
   async start(): Promise<void> {
-    this.#nodes = await openBucket(this.#nc, BUCKETS.nodes);
-    const assignments = await openBucket(this.#nc, BUCKETS.assignments);
+    this.#nodes = await TypedBucket.open(this.#nc, CHANNELS.nodeStatus);
+    const assignments = await TypedBucket.open(this.#nc, CHANNELS.assignments);
     await Promise.all([...this.boards.values()].map((b) => this.#heartbeat(b)));
     const timer = setInterval(() => {
       for (const b of this.boards.values()) void this.#heartbeat(b);
     }, this.#o.heartbeatMs);
     this.#stop.signal.addEventListener("abort", () => clearInterval(timer), { once: true });
-    const watcher = await assignments.watch({ key: ">" });
-    this.#stop.signal.addEventListener("abort", () => watcher.stop(), { once: true });
+    const watcher = assignments.watch(">", this.#stop.signal);
     void (async () => {
       for await (const e of watcher) {
         const b = this.boards.get(e.key);
         if (!b) continue;
-        this.assign(b.name, e.operation === "PUT" && e.value.length > 0 ? events.Assignment.decode(e.value) : undefined);
+        this.assign(b.name, "error" in e ? undefined : e.value);
       }
     })();
   }
@@ -164,7 +162,7 @@ export class SimFleet {
   async #heartbeat(b: Sim): Promise<void> {
     if (b.dead) return;
     try {
-      await this.#nodes?.put(b.name, events.NodeStatus.encode(this.status(b)).finish());
+      await this.#nodes?.put(b.name, this.status(b));
     } catch {
       // NATS away: the next beat will do
     }
@@ -185,7 +183,7 @@ export class SimFleet {
     if (b.dead) return new Promise<void>(() => undefined);
     for (;;) {
       try {
-        await this.#publish(eventSubject(a.upgradeId, b.name), events.StepEvent.encode(e).finish(), eventMsgId(b.name, e.seq));
+        await this.#publish(e);
         return;
       } catch {
         if (this.#stop.signal.aborted) return;

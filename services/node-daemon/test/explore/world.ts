@@ -18,10 +18,10 @@ import { join } from "node:path";
 import { pino } from "pino";
 import { jetstream, jetstreamManager } from "@nats-io/jetstream";
 import { events } from "@ferry/proto";
-import { EVENTS_STREAM, type NatsConnection } from "@ferry/messaging";
+import { EVENTS_STREAM, stepEventPublisher, type NatsConnection, type StepEventPublisher } from "@ferry/messaging";
 import { AtomicJsonFile } from "@ferry/runtime";
 import type { Keyring } from "@ferry/signing";
-import { jetstreamPublisher, Outbox, type PublishFn } from "../../src/adapters/outbox.ts";
+import { Outbox } from "../../src/adapters/outbox.ts";
 import { powerOn } from "../../src/adapters/bootloader/power-on.ts";
 import { DaemonController } from "../../src/controller.ts";
 import { nodeService } from "../../src/grpc/handlers.ts";
@@ -467,10 +467,10 @@ export class World {
       log: pino({ level: "silent" }),
     });
     outbox.on("event", (e) => this.#onEvent(e));
-    const real = jetstreamPublisher(this.#f.nc);
-    const publish: PublishFn = async (subject, data, id) => {
+    const real = stepEventPublisher(this.#f.nc);
+    const publish: StepEventPublisher = async (e) => {
       if (!this.#natsUp) throw new Error("NATS is down");
-      await real(subject, data, id);
+      await real(e);
     };
     proc.delivering = outbox.deliver(publish, ac.signal, 2).catch(() => undefined);
     this.#proc = proc;

@@ -2,8 +2,7 @@
 // (`releases.<version>` with its blocked flag, `edges.<from>=<to>` for blocked edges; the
 // catalog is that bucket's only writer). A running upgrade consults it on every tick, so
 // blocking a release or an edge holds the nodes that have not passed their reboot gate.
-import { catalog } from "@ferry/proto";
-import { mirrorBucket, type KV } from "@ferry/messaging";
+import { mirrorBucket, RECORDS, type KV } from "@ferry/messaging";
 import { Backoff, type Logger } from "@ferry/runtime";
 
 export class CatalogBlocks {
@@ -41,13 +40,13 @@ export class CatalogBlocks {
       const put = e.operation === "PUT" && e.value.length > 0;
       try {
         if (e.key.startsWith("releases.")) {
-          const r = put ? catalog.Release.decode(e.value) : undefined;
+          const r = put ? RECORDS.release.decode(e.value) : undefined;
           const version = e.key.slice("releases.".length);
           if (r?.blocked) this.#releases.set(version, r.blockReason);
           else this.#releases.delete(version);
         } else if (e.key.startsWith("edges.")) {
           const name = e.key.slice("edges.".length);
-          if (put) this.#edges.set(name, catalog.BlockedEdge.decode(e.value).reason);
+          if (put) this.#edges.set(name, RECORDS.blockedEdge.decode(e.value).reason);
           else this.#edges.delete(name);
         }
       } catch {

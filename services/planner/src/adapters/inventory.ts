@@ -2,7 +2,7 @@
 // online while its key was written within the offline threshold (the server's own
 // timestamp of the write, so a board's wrong clock does not matter).
 import { events } from "@ferry/proto";
-import { mirrorBucket, type KV } from "@ferry/messaging";
+import type { TypedBucket } from "@ferry/messaging";
 
 export interface NodeEntry {
   status: events.NodeStatus;
@@ -18,7 +18,7 @@ export interface ClusterNode {
 }
 
 export class Inventory {
-  readonly #kv: KV;
+  readonly #kv: TypedBucket<events.NodeStatus>;
   readonly #offlineMs: number;
   readonly nodes = new Map<string, NodeEntry>();
   #stop: (() => void) | undefined;
@@ -26,27 +26,29 @@ export class Inventory {
   /** Node objects by name; a node's role there wins over the one its daemon reports. */
   cluster = new Map<string, ClusterNode>();
 
-  constructor(kv: KV, offlineMs: number) {
+  /** Heartbeats that could not be read (a node that disagrees with the payload type). */
+  unreadable = 0;
+
+  constructor(kv: TypedBucket<events.NodeStatus>, offlineMs: number) {
     this.#kv = kv;
     this.#offlineMs = offlineMs;
   }
 
   async start(): Promise<void> {
-    this.#stop = await mirrorBucket(this.#kv, ">", (e) => {
-      if (e.operation === "PUT" && e.value.length > 0) {
-        try {
-          this.nodes.set(e.key, { status: this.#withClusterRole(events.NodeStatus.decode(e.value)), seenAt: e.created });
-        } catch {
-          // a malformed heartbeat is ignored; the node shows as it was
-        }
-      } else this.nodes.delete(e.key);
+    this.#stop = await this.#kv.mirror(">", (e) => {
+      if ("error" in e) {
+        this.unreadable++; // a malformed heartbeat is ignored; the node shows as it was
+        return;
+      }
+      if (e.value) this.nodes.set(e.key, { status: this.#withClusterRole(e.value), seenAt: e.created });
+      else this.nodes.delete(e.key);
       this.onChange(e.key);
     });
   }
 
   /** Removes a node's heartbeat (a decommissioned node); it comes back if the node heartbeats again. */
   async forget(name: string): Promise<void> {
-    await this.#kv.purge(name);
+    await this.#kv.kv.purge(name);
     this.nodes.delete(name);
   }
 

@@ -2,8 +2,7 @@
 // leader renews every lease/3; a renewal that fails (the revision moved, NATS away past
 // the lease) makes it step down at once. A follower takes over only after the lease
 // key's revision has stood still for a whole lease on its own clock.
-import { planner } from "@ferry/proto";
-import type { KV } from "@ferry/messaging";
+import { RECORDS, type KV } from "@ferry/messaging";
 import type { Logger } from "@ferry/runtime";
 
 export const LEASE_KEY = "leader";
@@ -76,7 +75,7 @@ export class LeaderLease {
   }
 
   #value(): Uint8Array {
-    return planner.LeaderLease.encode({ holder: this.#id, acquiredAt: this.#acquiredAt, renewedAt: new Date(), leaseMs: this.#leaseMs }).finish();
+    return RECORDS.lease.encode({ holder: this.#id, acquiredAt: this.#acquiredAt, renewedAt: new Date(), leaseMs: this.#leaseMs });
   }
 
   async #tick(): Promise<void> {
@@ -85,7 +84,7 @@ export class LeaderLease {
     const started = Date.now();
     try {
       const e = await this.#kv.get(LEASE_KEY);
-      const cur = e && e.operation === "PUT" && e.value.length > 0 ? planner.LeaderLease.decode(e.value) : undefined;
+      const cur = e && e.operation === "PUT" && e.value.length > 0 ? RECORDS.lease.decode(e.value) : undefined;
       this.holder = cur?.holder ?? "";
       if (cur?.holder === this.#id && this.#leader) {
         this.#revision = await this.#kv.update(LEASE_KEY, this.#value(), e!.revision);
