@@ -56,27 +56,27 @@ export function opaque(name: string, maxBytes: number): Codec<Uint8Array> {
   };
 }
 
-export interface BucketChannel<T> {
+/** What every channel declares: its payload, its single writer, its readers. */
+interface Channel<T> {
+  readonly payload: Codec<T>;
+  readonly writer: Component;
+  readonly readers: readonly Component[];
+  readonly description: string;
+}
+
+export interface BucketChannel<T> extends Channel<T> {
   readonly kind: "bucket";
   readonly bucket: string;
   /** The keys, as a pattern to read (`<node>`: the node's name). */
   readonly keys: string;
-  readonly payload: Codec<T>;
-  readonly writer: Component;
-  readonly readers: readonly Component[];
   /** Values kept per key. */
   readonly history: number;
-  readonly description: string;
 }
 
-export interface StreamChannel<T> {
+export interface StreamChannel<T> extends Channel<T> {
   readonly kind: "stream";
   readonly stream: string;
   readonly subjects: string;
-  readonly payload: Codec<T>;
-  readonly writer: Component;
-  readonly readers: readonly Component[];
-  readonly description: string;
 }
 
 const KiB = 1024;

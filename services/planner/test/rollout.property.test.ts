@@ -215,7 +215,7 @@ describe("rollout state machine (property)", () => {
         stats.granted += ups.flatMap((u) => u.progress).filter((g) => g.hopIndex > 0 || g.rebootGranted).length;
       }),
       {
-        numRuns: 300,
+        numRuns: Number(process.env.FERRY_PROPERTY_RUNS ?? 300),
         ...(process.env.FERRY_PROPERTY_SEED ? { seed: Number(process.env.FERRY_PROPERTY_SEED), path: process.env.FERRY_PROPERTY_PATH } : {}),
       },
     );

@@ -287,7 +287,7 @@ describe("the preview is the runtime's order", () => {
           expect(starts).toEqual(preview.flatMap((w) => w.nodes));
         },
       ),
-      { seed: Number(process.env.FERRY_PROPERTY_SEED ?? 20261202), numRuns: 200 },
+      { seed: Number(process.env.FERRY_PROPERTY_SEED ?? 20261202), numRuns: Number(process.env.FERRY_PROPERTY_RUNS ?? 200) },
     );
   });
 });
