@@ -56,11 +56,13 @@ export function opaque(name: string, maxBytes: number): Codec<Uint8Array> {
   };
 }
 
-/** What every channel declares: its payload, its single writer, its readers. */
+/** What every channel declares: its payload, its single writer, its readers, who creates it. */
 interface Channel<T> {
   readonly payload: Codec<T>;
   readonly writer: Component;
   readonly readers: readonly Component[];
+  /** Who creates the bucket or stream (default: its writer); a board never creates one. */
+  readonly declaredBy?: Component;
   readonly description: string;
 }
 
@@ -90,6 +92,7 @@ export const CHANNELS = {
     payload: protobuf("NodeStatus", events.NodeStatus, 64 * KiB),
     writer: "node-daemon",
     readers: ["planner"],
+    declaredBy: "planner",
     history: 1,
     description: "Ferry node status, one key per node, written by that node",
   },
@@ -130,6 +133,7 @@ export const CHANNELS = {
     payload: protobuf("StepEvent", events.StepEvent, 64 * KiB),
     writer: "node-daemon",
     readers: ["planner", "cli"],
+    declaredBy: "planner",
     description: "Step events of every node, kept 30 days; Nats-Msg-Id <node>:<seq>",
   },
 } as const satisfies Record<string, BucketChannel<unknown> | StreamChannel<unknown>>;

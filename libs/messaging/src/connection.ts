@@ -1,5 +1,6 @@
 // NATS connections (reconnecting forever), KV buckets and the events stream.
-import { connect, type NatsConnection } from "@nats-io/transport-node";
+import { readFileSync } from "node:fs";
+import { connect, credsAuthenticator, type NatsConnection } from "@nats-io/transport-node";
 import { JetStreamApiCodes, JetStreamApiError, jetstreamManager } from "@nats-io/jetstream";
 import { Kvm, type KV, type KvEntry } from "@nats-io/kv";
 import { unavailable } from "@ferry/runtime";
@@ -16,12 +17,51 @@ export interface ConnectOptions {
   connectTimeoutMs?: number;
   /** Called with true/false as the connection comes and goes. */
   onConnectionChange?: (connected: boolean) => void;
+  /** A NATS credentials file (user JWT and seed; re-read at each reconnect, so it can be rotated). */
+  credsFile?: string;
+}
+
+/**
+ * The inbox prefix a credentials file's user must use: its only subscribe right is
+ * `<prefix>.>` (permissionsFor gives each user its own), so replies reach no one else.
+ */
+export function credsInboxPrefix(creds: string): string | undefined {
+  const allow = credsUser(creds).subAllow;
+  return allow.length === 1 && allow[0]!.endsWith(".>") ? allow[0]!.slice(0, -2) : undefined;
+}
+
+/** The user a credentials file holds (read from its JWT; the signature is the server's to check). */
+export function credsUser(creds: string): { name: string; publicKey: string; jwt: string; subAllow: string[] } {
+  const jwt = /-----BEGIN NATS USER JWT-----\s*([A-Za-z0-9_.-]+)\s*------END NATS USER JWT------/.exec(creds)?.[1];
+  if (!jwt) throw new Error("not a NATS credentials file (no user JWT)");
+  const claims = JSON.parse(Buffer.from(jwt.split(".")[1] ?? "", "base64url").toString("utf8")) as {
+    name?: string;
+    sub?: string;
+    nats?: { sub?: { allow?: string[] } };
+  };
+  return { name: claims.name ?? "", publicKey: claims.sub ?? "", jwt, subAllow: claims.nats?.sub?.allow ?? [] };
+}
+
+function readCreds(path: string): string {
+  try {
+    return readFileSync(path, "utf8");
+  } catch (err) {
+    throw unavailable(`cannot read NATS credentials ${path}: ${(err as Error).message}`, "NATS_CREDENTIALS", err);
+  }
 }
 
 export async function connectNats(opts: ConnectOptions): Promise<NatsConnection> {
   let nc: NatsConnection;
+  const auth = opts.credsFile
+    ? (() => {
+        const path = opts.credsFile;
+        const prefix = credsInboxPrefix(readCreds(path));
+        return { authenticator: credsAuthenticator(() => new TextEncoder().encode(readCreds(path))), ...(prefix ? { inboxPrefix: prefix } : {}) };
+      })()
+    : {};
   try {
     nc = await connect({
+      ...auth,
       servers: opts.url.split(",").map((s) => s.trim()),
       name: opts.name,
       maxReconnectAttempts: -1,

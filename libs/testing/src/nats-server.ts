@@ -6,7 +6,9 @@ import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
+import { SiteAuth, type SiteUser } from "@ferry/messaging";
 
+let credsSerial = 0;
 const repoRoot = join(dirname(fileURLToPath(import.meta.url)), "..", "..", "..");
 let binary: string | undefined;
 
@@ -23,6 +25,11 @@ export interface NatsServerOptions {
   port?: number;
   /** false: a server without JetStream (every JetStream call fails; for tests of retries). */
   jetstream?: boolean;
+  /**
+   * A site's NATS identities (a `ferry site init` directory): the server runs with JWT auth,
+   * as the demo, compose and Kubernetes do. `true`: new identities in a temp dir.
+   */
+  auth?: string | true;
 }
 
 export class NatsServer implements AsyncDisposable {
@@ -31,18 +38,32 @@ export class NatsServer implements AsyncDisposable {
   #proc: ChildProcess | undefined;
   #ownsStore: boolean;
   jetstream: boolean;
+  /** The site's identities when the server runs with auth. */
+  auth: SiteAuth | undefined;
+  #authDir: string | undefined;
 
   private constructor(opts: NatsServerOptions) {
     this.#ownsStore = opts.storeDir === undefined;
     this.storeDir = opts.storeDir ?? mkdtempSync(join(tmpdir(), "ferry-nats-"));
     this.port = opts.port ?? 0;
     this.jetstream = opts.jetstream ?? true;
+    if (opts.auth === true) this.#authDir = join(this.storeDir, "site-auth");
+    else this.#authDir = opts.auth;
   }
 
   static async start(opts: NatsServerOptions = {}): Promise<NatsServer> {
     const s = new NatsServer(opts);
+    if (s.#authDir) s.auth = await SiteAuth.init(s.#authDir);
     await s.#launch();
     return s;
+  }
+
+  /** Writes a new credentials file of `user` (in the store dir) and returns its path. */
+  async credsFile(user: SiteUser): Promise<string> {
+    if (!this.auth) throw new Error("this nats-server runs without auth");
+    const path = join(this.storeDir, `creds-${++credsSerial}.creds`);
+    writeFileSync(path, await this.auth.creds(user), { mode: 0o600 });
+    return path;
   }
 
   get url(): string {
@@ -75,8 +96,10 @@ export class NatsServer implements AsyncDisposable {
         `listen: 127.0.0.1:${this.port === 0 ? -1 : this.port}`,
         `http: 127.0.0.1:-1`,
         ...(this.jetstream ? [`jetstream {`, `  store_dir: ${JSON.stringify(this.storeDir)}`, `  sync_interval: always`, `}`] : []),
+        ...(this.auth ? [await this.auth.serverConfig(join(this.storeDir, "jwt"))] : []),
         ``,
       ].join("\n"),
+      { mode: 0o600 },
     );
     // The server runs under a small shell that leads its own process group and ends it when
     // this process is gone: a test that times out (and never disposes it) leaks no server.
