@@ -56,6 +56,8 @@ const a = {
 const client = createClient(planner.PlannerServiceService, a.planner, { deadlineMs: 5000 });
 try {
   await site.procs.get("demo-origin")!.waitForLog((l) => l.msg === "demo releases published", 60_000);
+  // The boards ask to join with the site's join credentials; admit them as an operator would.
+  log(`admitting the boards that asked to join (ferry nodes admit): ${(await site.admitBoards()).join(", ")}`);
   await waitFor(async () => (await client.listNodes({ selector: "" })).nodes.filter((n) => n.online).length === 5, {
     timeoutMs: 120_000,
     what: "five simulated boards to heartbeat",

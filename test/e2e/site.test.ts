@@ -5,9 +5,9 @@
 import { cpSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
-import { planner } from "@ferry/proto";
+import { events, planner } from "@ferry/proto";
 import { createClient } from "@ferry/grpc";
-import { connectNats } from "@ferry/messaging";
+import { CHANNELS, connectNats, TypedBucket } from "@ferry/messaging";
 import { LocalCompose, repoRoot, tempDir, waitFor } from "@ferry/testing";
 import { ferryCli } from "./cli.ts";
 import { allEvents, checkPhases, checkNoEventLost, untilUpgrade as until } from "../../services/planner/test/harness.ts";
@@ -27,6 +27,7 @@ async function site(dir: string, env: Record<string, Record<string, string>> = {
   const plannerAddr = c.addr("planner", 7402);
   const client = createClient(planner.PlannerServiceService, plannerAddr);
   try {
+    await c.admitBoards();
     await c.procs.get("demo-origin")!.waitForLog((l) => l.msg === "demo releases published", 30_000);
     await waitFor(async () => (await client.listNodes({ selector: "" })).nodes.filter((n) => n.online).length === 5, {
       timeoutMs: 120_000, // a full parallel run on 2 cores is slow to start five boards
@@ -99,7 +100,7 @@ describe("a site from deploy/docker-compose.yml", () => {
         expect(u.staging?.staged).toBe(true);
         // Two images (v1.34.5 and v1.35.1), each pulled from the origin exactly once.
         expect(await s.originServed()).toBe(2);
-        const nc = await connectNats({ url: s.c.nats!.url, name: "e2e" });
+        const nc = await connectNats({ url: s.c.nats!.url, name: "e2e", credsFile: await s.c.nats!.credsFile("cli") });
         checkPhases(await allEvents({ nc }, "to-135"), new Set(["cp-1"]));
         await nc.close();
         // The pins are released when the upgrade ends.
@@ -129,11 +130,43 @@ describe("a site from deploy/docker-compose.yml", () => {
     });
   });
 
+  it(
+    "authentication is on: no credentials are refused, a board only writes its own key, revoke cuts it off, admit lets it back",
+    { timeout: 180_000 },
+    async () => {
+      await withSite({}, async (s) => {
+        await expect(connectNats({ url: s.c.nats!.url, name: "anonymous", connectTimeoutMs: 3000 })).rejects.toThrow(/authoriz/i);
+        // worker-1's own credentials (as admitted) cannot write worker-2's status.
+        const w1 = await connectNats({ url: s.c.nats!.url, name: "worker-1 creds", credsFile: s.volume("board-worker-1", "daemon", "nats.creds") });
+        const nodes = await TypedBucket.read(w1, CHANNELS.nodeStatus);
+        await expect(nodes.put("worker-2", events.NodeStatus.fromPartial({ name: "worker-2" }))).rejects.toThrow(/permission/i);
+        await w1.close();
+        const admissions = JSON.parse((await s.ferry("--json", "nodes", "ls", "--admissions")).stdout) as {
+          admissions: Array<{ name: string; state: string }>;
+        };
+        expect(admissions.admissions.map((a) => `${a.name} ${a.state}`)).toEqual(
+          ["cp-1", "worker-1", "worker-2", "worker-3", "worker-4"].map((n) => `${n} ADMISSION_STATE_ADMITTED`),
+        );
+        const seen = async () => (await s.client.getNode({ name: "worker-4" })).lastSeen!.getTime();
+        const revoked = await s.ferry("nodes", "revoke", "worker-4", "--reason", "stolen");
+        expect(revoked.stdout, revoked.stderr).toMatch(/revoked worker-4/);
+        await new Promise((r) => setTimeout(r, 3000));
+        const frozen = await seen();
+        await new Promise((r) => setTimeout(r, 5000)); // heartbeats every 2 s: none arrive while revoked
+        expect(await seen()).toBe(frozen);
+        expect((await s.ferry("nodes", "admit", "worker-4")).stdout).toMatch(/admitted worker-4/);
+        await waitFor(async () => (await seen()) > frozen, { timeoutMs: 60_000, what: "worker-4 to heartbeat again" });
+        const bad = await s.ferry("nodes", "admit", "No_Such/Board");
+        expect(bad.stderr).toMatch(/INVALID_ARGUMENT.*not a node name/);
+      });
+    },
+  );
+
   it("three control-plane boards (real daemons): one at a time, never two minors apart", { timeout: 240_000 }, async () => {
     await withSite({ "board-worker-1": { FERRY_ROLE: "control-plane" }, "board-worker-2": { FERRY_ROLE: "control-plane" } }, async (s) => {
       await upgradeAllToV135("three", s);
       await until(s.client, "three", (u) => u.phase === P.UPGRADE_PHASE_SUCCEEDED, 200_000);
-      const nc = await connectNats({ url: s.c.nats!.url, name: "e2e" });
+      const nc = await connectNats({ url: s.c.nats!.url, name: "e2e", credsFile: await s.c.nats!.credsFile("cli") });
       checkPhases(await allEvents({ nc }, "three"), new Set(["cp-1", "worker-1", "worker-2"]));
       // WatchUpgrade replays from a given stream sequence.
       const evs = [];
@@ -167,7 +200,7 @@ describe("a site from deploy/docker-compose.yml", () => {
         await s.c.start("nats");
         const done = await until(s.client, "chaos", (u) => u.phase === P.UPGRADE_PHASE_SUCCEEDED, 240_000);
         expect(done.progress.map((g) => g.version)).toEqual(Array(5).fill("v1.35.1"));
-        const nc = await connectNats({ url: s.c.nats!.url, name: "e2e" });
+        const nc = await connectNats({ url: s.c.nats!.url, name: "e2e", credsFile: await s.c.nats!.credsFile("cli") });
         await checkNoEventLost({ nc });
         checkPhases(await allEvents({ nc }, "chaos"), new Set(["cp-1"]));
         await nc.close();

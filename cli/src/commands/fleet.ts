@@ -3,40 +3,14 @@
 import { createReadStream, createWriteStream, statSync } from "node:fs";
 import { createHash } from "node:crypto";
 import type { Command } from "commander";
-import { catalog, distributor, events, planner } from "@ferry/proto";
-import { createClient, loadClientOptions } from "@ferry/grpc";
+import { distributor, events, planner } from "@ferry/proto";
 import { parseManifest } from "@ferry/release";
 import { CliError, envelopeJson, humanBytes, readEnvelope, table } from "../io.ts";
 import { endTar, readTar, writeEntry } from "../tar.ts";
+import { listAdmissions, registerAdmissionCommands } from "./admission.ts";
+import { using, type Ctx } from "./clients.ts";
 
-export interface Ctx {
-  print: (json: unknown, text: () => string) => void;
-  addrs: () => { catalog: string; planner: string; distributor: string };
-  int: (name: string) => (v: string) => number;
-}
-
-type Clients = {
-  planner: ReturnType<typeof createClient<typeof planner.PlannerServiceService>>;
-  distributor: ReturnType<typeof createClient<typeof distributor.DistributorServiceService>>;
-  catalog: ReturnType<typeof createClient<typeof catalog.CatalogServiceService>>;
-};
-
-async function using<K extends keyof Clients, T>(ctx: Ctx, which: K, fn: (c: Clients[K]) => Promise<T>): Promise<T> {
-  const a = ctx.addrs();
-  const opts = loadClientOptions();
-  const c = (
-    which === "planner"
-      ? createClient(planner.PlannerServiceService, a.planner, opts)
-      : which === "distributor"
-        ? createClient(distributor.DistributorServiceService, a.distributor, { ...opts, deadlineMs: 3_600_000 })
-        : createClient(catalog.CatalogServiceService, a.catalog, opts)
-  ) as Clients[K];
-  try {
-    return await fn(c);
-  } finally {
-    c.close();
-  }
-}
+export type { Ctx };
 
 const lower = (s: string, prefix: string) => s.replace(prefix, "").toLowerCase().replace(/_/g, "-");
 const phase = (p: planner.UpgradePhase) => lower(planner.upgradePhaseToJSON(p), "UPGRADE_PHASE_");
@@ -105,7 +79,11 @@ export function registerFleetCommands(program: Command, ctx: Ctx): void {
     .command("ls")
     .description("list nodes with version, slot, role, state and last heartbeat")
     .option("-l, --selector <selector>", "label selector", "")
-    .action(async (o: { selector: string }) => {
+    .option("--pending", "boards that asked to join and wait to be admitted (ferry nodes admit)")
+    .option("--admissions", "every board's admission record (pending, admitted, revoked)")
+    .action(async (o: { selector: string; pending?: boolean; admissions?: boolean }) => {
+      if (o.pending || o.admissions)
+        return listAdmissions(ctx, o.pending ? planner.AdmissionState.ADMISSION_STATE_PENDING : planner.AdmissionState.ADMISSION_STATE_UNSPECIFIED);
       const r = await using(ctx, "planner", (c) => c.listNodes({ selector: o.selector }));
       ctx.print(planner.ListNodesResponse.toJSON(r), () =>
         table([
@@ -142,6 +120,8 @@ export function registerFleetCommands(program: Command, ctx: Ctx): void {
       await using(ctx, "planner", (c) => c.forgetNode({ name, reason: o.reason }));
       ctx.print({ forgotten: name }, () => `forgot node ${name}\n`);
     });
+
+  registerAdmissionCommands(nodes, program, ctx);
 
   // ---- upgrade ----
   const up = program

@@ -13,7 +13,7 @@ import { catalog, events, planner } from "@ferry/proto";
 import { BUCKETS, EVENTS_STREAM, eventMsgId, eventSubject } from "./names.ts";
 
 /** The components that talk over NATS. */
-export type Component = "planner" | "catalog" | "node-daemon" | "cli";
+export type Component = "planner" | "catalog" | "node-daemon" | "cli" | "join";
 
 /** How a channel's values are bytes. */
 export interface Codec<T> {
@@ -81,6 +81,16 @@ export interface StreamChannel<T> extends Channel<T> {
   readonly subjects: string;
 }
 
+/** A request/reply service: callers publish requests, the responder (a queue group) answers each. */
+export interface ServiceChannel<T> {
+  readonly kind: "service";
+  readonly subjects: string;
+  readonly payload: Codec<T>;
+  readonly caller: Component;
+  readonly responder: Component;
+  readonly description: string;
+}
+
 const KiB = 1024;
 const MiB = 1024 * KiB;
 
@@ -109,7 +119,7 @@ export const CHANNELS = {
   rollout: {
     kind: "bucket",
     bucket: BUCKETS.planner,
-    keys: "upgrades.<id>, upgrades.<id>.<chunk>, claims, leader",
+    keys: "upgrades.<id>, upgrades.<id>.<chunk>, claims, leader, admission.<node>",
     payload: opaque("rollout state (zstd protobuf, JSON claims, LeaderLease)", 1 * MiB),
     writer: "planner",
     readers: ["planner"],
@@ -136,7 +146,19 @@ export const CHANNELS = {
     declaredBy: "planner",
     description: "Step events of every node, kept 30 days; Nats-Msg-Id <node>:<seq>",
   },
-} as const satisfies Record<string, BucketChannel<unknown> | StreamChannel<unknown>>;
+  admission: {
+    kind: "service",
+    subjects: "ferry.admission.join.<node>",
+    payload: protobuf("AdmissionRequest", events.AdmissionRequest, 4 * KiB),
+    caller: "join",
+    responder: "planner",
+    description:
+      "Boards asking to join the site (with the site's join credentials); the planner answers pending, admitted (with the board's JWT) or refused",
+  },
+} as const satisfies Record<string, BucketChannel<unknown> | StreamChannel<unknown> | ServiceChannel<unknown>>;
+
+/** The reply to an admission request. */
+export const ADMISSION_REPLY = protobuf("AdmissionReply", events.AdmissionReply, 16 * KiB);
 
 /** The records of the buckets whose owners decode by key (the catalog's by prefix, the planner's lease). */
 export const RECORDS = {

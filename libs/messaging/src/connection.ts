@@ -22,12 +22,12 @@ export interface ConnectOptions {
 }
 
 /**
- * The inbox prefix a credentials file's user must use: its only subscribe right is
- * `<prefix>.>` (permissionsFor gives each user its own), so replies reach no one else.
+ * The inbox prefix a credentials file's user must use: its subscribe right `_INBOX….>`
+ * (permissionsFor gives each user its own), so replies reach no one else.
  */
 export function credsInboxPrefix(creds: string): string | undefined {
-  const allow = credsUser(creds).subAllow;
-  return allow.length === 1 && allow[0]!.endsWith(".>") ? allow[0]!.slice(0, -2) : undefined;
+  const inbox = credsUser(creds).subAllow.find((s) => s.startsWith("_INBOX") && s.endsWith(".>"));
+  return inbox?.slice(0, -2);
 }
 
 /** The user a credentials file holds (read from its JWT; the signature is the server's to check). */

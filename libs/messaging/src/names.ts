@@ -17,6 +17,13 @@ export const BUCKETS = {
 export const EVENTS_STREAM = "FERRY_EVENTS";
 export const EVENTS_SUBJECT_PREFIX = "ferry.events";
 
+/** Admission requests: `ferry.admission.join.<node token>`. */
+export const ADMISSION_SUBJECT_PREFIX = "ferry.admission.join";
+
+export function admissionSubject(node: string): string {
+  return `${ADMISSION_SUBJECT_PREFIX}.${encodeToken(node)}`;
+}
+
 /** The reserved upgrade id of manual installs (NodeService.Install). */
 export const MANUAL_UPGRADE_ID = "manual";
 

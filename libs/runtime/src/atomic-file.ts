@@ -29,11 +29,11 @@ export const isTempPath = (name: string): boolean => /^\..+\.\d+\.[0-9a-f]{12}\.
  * Replaces `path` with `data` durably. With `exclusive`, fails with EEXIST when `path`
  * exists already (an atomic create: the rename is a link that refuses an existing name).
  */
-export async function writeFileAtomic(path: string, data: string | Uint8Array, o: { exclusive?: boolean } = {}): Promise<void> {
+export async function writeFileAtomic(path: string, data: string | Uint8Array, o: { exclusive?: boolean; mode?: number } = {}): Promise<void> {
   const dir = dirname(path);
   await mkdir(dir, { recursive: true });
   const tmp = tempPathFor(path);
-  const fh = await open(tmp, "wx");
+  const fh = await open(tmp, "wx", o.mode ?? 0o666);
   try {
     await fh.writeFile(data);
     await fh.sync();

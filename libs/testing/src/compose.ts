@@ -7,12 +7,14 @@
 // Mapping rules:
 // - `node <script> args` runs `<script>` (repo-relative, the image's WORKDIR) on this Node.
 // - An image `nats:*` is a real nats-server (NatsServer: JetStream syncing every write,
-//   as deploy/nats/nats-server.conf configures) on the mapped port.
+//   as deploy/nats/nats-server.conf configures) on the mapped port; when its conf includes
+//   a site's NATS identities (`include` of a `ferry site init` file), with that JWT auth.
 // - `<service>:<port>` anywhere in a value (and `0.0.0.0:<port>` in a service's own
 //   environment, `127.0.0.1:<port>` / `localhost:<port>` in its health check) becomes
 //   `127.0.0.1:<mapped port>`; each (service, port) gets one free port (or, with
 //   `ports: "preferred"`, the published host port when it is free).
-// - A value starting with a volume's mount path points into that volume's directory.
+// - A value (or a command argument) starting with a volume's mount path points into that
+//   volume's directory.
 // - depends_on conditions: service_started, service_healthy (the service's health check,
 //   run locally), service_completed_successfully.
 import { existsSync, readFileSync, mkdirSync } from "node:fs";
@@ -22,6 +24,8 @@ import { createServer } from "node:net";
 import { parse } from "yaml";
 import { freePort, repoRoot, ServiceProcess, waitFor } from "./helpers.ts";
 import { NatsServer } from "./nats-server.ts";
+import { createClient } from "@ferry/grpc";
+import { planner } from "@ferry/proto";
 
 interface RawService {
   image?: string;
@@ -42,6 +46,8 @@ export interface ComposeService {
   /** Container port → host port. */
   ports: Map<number, number>;
   healthcheck: string[] | undefined;
+  /** Container path → local path (volumes and bind mounts). */
+  mounts: Array<[string, string]>;
 }
 
 export interface LocalComposeOptions {
@@ -77,6 +83,30 @@ async function stablePort(): Promise<number> {
     if (await portIsFree(p)) return p;
   }
   return freePort();
+}
+
+/** A container path through a service's mounts (undefined when no mount holds it). */
+function localPath(s: ComposeService, path: string): string | undefined {
+  for (const [dst, local] of s.mounts) if (path === dst || path.startsWith(`${dst}/`)) return local + path.slice(dst.length);
+  return undefined;
+}
+
+/**
+ * The site's NATS identities a nats service's configuration includes (`-c <conf>` with an
+ * `include "<file>"`, relative to the conf as nats-server reads it): the directory holding
+ * that file, for NatsServer's auth. Undefined: the server runs without auth.
+ */
+function natsAuthDir(s: ComposeService): string | undefined {
+  const conf = s.command[s.command.indexOf("-c") + 1];
+  if (!s.command.includes("-c") || !conf) return undefined;
+  const local = localPath(s, conf);
+  if (!local || !existsSync(local)) return undefined;
+  const inc = /^\s*include\s+"?([^"\s]+)"?/m.exec(readFileSync(local, "utf8"))?.[1];
+  if (!inc) return undefined;
+  const file = localPath(s, join(dirname(conf), inc));
+  if (!file) throw new Error(`${s.name}: ${conf} includes ${inc}, which no volume of the service holds`);
+  if (!existsSync(file)) throw new Error(`${s.name}: ${conf} includes ${file}, which does not exist (did site-init run?)`);
+  return dirname(file);
 }
 
 const str = (v: unknown) => (v === null || v === undefined ? "" : String(v));
@@ -186,8 +216,10 @@ export class LocalCompose implements AsyncDisposable {
         ? s.depends_on.map((d) => ({ name: d, condition: "service_started" }))
         : Object.entries(s.depends_on ?? {}).map(([d, c]) => ({ name: d, condition: c.condition ?? "service_started" }));
       for (const d of deps) if (!known.has(d.name)) throw new Error(`${this.file}: ${name} depends on unknown service ${d.name}`);
-      const command = typeof s.command === "string" ? s.command.split(/\s+/) : (s.command ?? []);
-      this.services.set(name, { name, image: s.image ?? "", command, env, dependsOn: deps, ports, healthcheck: health });
+      // Arguments of a repository script are mapped like values (nats-server's own are its config's).
+      const args = typeof s.command === "string" ? s.command.split(/\s+/) : (s.command ?? []);
+      const command = (s.image ?? "").startsWith("nats") ? args : args.map((a) => mapPath(String(a)));
+      this.services.set(name, { name, image: s.image ?? "", command, env, dependsOn: deps, ports, healthcheck: health, mounts });
     }
     const wanted = this.#o.only ? this.#closure(this.#o.only) : new Set(names);
     this.#order = names.filter((n) => wanted.has(n));
@@ -240,7 +272,10 @@ export class LocalCompose implements AsyncDisposable {
     if (s.image.startsWith("nats")) {
       const port = await this.#port(name, 4222);
       if (this.nats) await this.nats.restart();
-      else this.nats = await NatsServer.start({ port, storeDir: this.#volume(`${name}-store`) });
+      else {
+        const authDir = natsAuthDir(s);
+        this.nats = await NatsServer.start({ port, storeDir: this.#volume(`${name}-store`), ...(authDir ? { auth: authDir } : {}) });
+      }
       return;
     }
     // "node <script> ..." or "<executable of the repository> ..." (bin/ferry-service).
@@ -285,6 +320,36 @@ export class LocalCompose implements AsyncDisposable {
     const url = h.find((a) => /^https?:\/\//.test(a));
     if (url) return (await fetch(url, { signal: AbortSignal.timeout(3000) }).catch(() => undefined))?.ok === true;
     throw new Error(`${name}: cannot run health check ${h.join(" ")} locally`);
+  }
+
+  /**
+   * Admits the boards (services with FERRY_NATS_JOIN_CREDS) once each has asked to join, as
+   * an operator would with `ferry nodes admit`: through the planner's gRPC AdmitNode.
+   */
+  async admitBoards(o: { planner?: string; port?: number; timeoutMs?: number } = {}): Promise<string[]> {
+    const names = [...this.services.values()]
+      .filter((s) => this.procs.has(s.name) && s.env.FERRY_NATS_JOIN_CREDS && s.env.FERRY_NODE_NAME)
+      .map((s) => s.env.FERRY_NODE_NAME!);
+    if (names.length === 0) return [];
+    const client = createClient(planner.PlannerServiceService, this.addr(o.planner ?? "planner", o.port ?? 7402), { deadlineMs: 5000 });
+    try {
+      const left = new Set(names);
+      await waitFor(
+        async () => {
+          const r = await client.listAdmissions({ state: planner.AdmissionState.ADMISSION_STATE_PENDING }).catch(() => ({ admissions: [] }));
+          for (const a of r.admissions)
+            if (left.has(a.name)) {
+              await client.admitNode({ name: a.name, publicKey: a.publicKey });
+              left.delete(a.name);
+            }
+          return left.size === 0;
+        },
+        { timeoutMs: o.timeoutMs ?? this.#o.timeoutMs, intervalMs: 250, what: `boards ${[...left].join(", ")} to ask to join` },
+      );
+    } finally {
+      client.close();
+    }
+    return names;
   }
 
   /** Waits until a service passes its health check. */

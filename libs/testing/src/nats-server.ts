@@ -53,7 +53,7 @@ export class NatsServer implements AsyncDisposable {
 
   static async start(opts: NatsServerOptions = {}): Promise<NatsServer> {
     const s = new NatsServer(opts);
-    if (s.#authDir) s.auth = await SiteAuth.init(s.#authDir);
+    if (s.#authDir) s.auth = opts.auth === true ? await SiteAuth.init(s.#authDir) : SiteAuth.load(s.#authDir);
     await s.#launch();
     return s;
   }

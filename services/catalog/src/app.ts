@@ -48,6 +48,7 @@ export function createApp(config: Config, logger: Logger): CatalogApp {
       nc = await connectNats({
         url: config.natsUrl,
         name: "ferry-catalog",
+        ...(config.natsCreds ? { credsFile: config.natsCreds } : {}),
         onConnectionChange: (up) => {
           connected = up;
           logger.info({ connected: up }, up ? "NATS reconnected" : "NATS disconnected");

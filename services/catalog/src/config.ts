@@ -4,6 +4,7 @@ import { BUCKETS } from "@ferry/messaging";
 
 const vars = {
   natsUrl: v.url("FERRY_NATS_URL", "NATS server URL(s), comma-separated", ["nats", "tls"], "nats://127.0.0.1:4222"),
+  natsCreds: v.optionalString("FERRY_NATS_CREDS", "NATS credentials file (user JWT and seed; empty: connect without credentials)"),
   grpcAddr: v.addr("FERRY_GRPC_ADDR", "host:port the catalog's gRPC server listens on", "0.0.0.0:7401"),
   metricsAddr: v.optionalAddr("FERRY_METRICS_ADDR", "host:port serving Prometheus metrics at /metrics (e.g. 0.0.0.0:9401; empty: none)"),
   logLevel: v.enumOf("FERRY_LOG_LEVEL", "log level", LOG_LEVELS, "info"),

@@ -12,6 +12,7 @@ import { GrpcServer } from "@ferry/grpc";
 import { isVersion } from "@ferry/release";
 import { AtomicJsonFile, type App, type Logger } from "@ferry/runtime";
 import { parseKeyringJson } from "@ferry/signing";
+import { boardCredentials } from "./adapters/admission.ts";
 import { NatsLink } from "./adapters/nats-link.ts";
 import { Outbox } from "./adapters/outbox.ts";
 import { StepMetrics } from "./adapters/step-metrics.ts";
@@ -108,6 +109,19 @@ export function createApp(config: Config, logger: Logger, over: DaemonOverrides 
     signal: stop.signal,
     status,
     onAssignment: (a) => controller!.setAssignment(a),
+    credentials: (onWaiting) =>
+      boardCredentials({
+        url: config.natsUrl,
+        node: config.node,
+        dataDir: config.dataDir,
+        ...(config.natsCreds ? { creds: config.natsCreds } : {}),
+        ...(config.natsJoinCreds ? { joinCreds: config.natsJoinCreds } : {}),
+        board: config.board,
+        role: config.role,
+        log: logger.child({ component: "admission" }),
+        signal: stop.signal,
+        onWaiting,
+      }),
   });
   controller = new DaemonController({
     runner,

@@ -13,6 +13,14 @@ const vars = {
     "",
   ),
   natsUrl: v.url("FERRY_NATS_URL", "NATS server URL(s)", ["nats", "tls"], "nats://127.0.0.1:4222"),
+  natsCreds: v.optionalString(
+    "FERRY_NATS_CREDS",
+    "this board's NATS credentials (`ferry nodes enroll`); empty: <FERRY_DATA_DIR>/nats.creds once admitted, or none without FERRY_NATS_JOIN_CREDS",
+  ),
+  natsJoinCreds: v.optionalString(
+    "FERRY_NATS_JOIN_CREDS",
+    "the site's join credentials: a board without its own asks to be admitted with a key it makes on first start",
+  ),
   grpcAddr: v.addr("FERRY_GRPC_ADDR", "local NodeService listen address", "127.0.0.1:7404"),
   logLevel: v.enumOf("FERRY_LOG_LEVEL", "log level", LOG_LEVELS, "info"),
   keyringFile: v.file("FERRY_KEYRING_FILE", "keyring JSON of the release signers this node trusts", false),

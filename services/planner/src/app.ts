@@ -3,7 +3,9 @@
 // tied to readiness (NATS up and the planner's KV mirrored).
 import { catalog, planner } from "@ferry/proto";
 import { createClient, GrpcServer, loadClientOptions } from "@ferry/grpc";
-import { CHANNELS, connectNats, ensureEventsStream, TypedBucket, type NatsConnection } from "@ferry/messaging";
+import { join } from "node:path";
+import { CHANNELS, connectNats, ensureEventsStream, SiteAuth, TypedBucket, type NatsConnection } from "@ferry/messaging";
+import { Admission } from "./admission.ts";
 import { serveMetrics, type App, type Logger, type MetricsServer } from "@ferry/runtime";
 import { Inventory } from "./adapters/inventory.ts";
 import { LeaderLease } from "./adapters/lease.ts";
@@ -50,6 +52,8 @@ export function createApp(config: Config, logger: Logger, over: PlannerOverrides
   let osupgrades: OSUpgradeController | undefined;
   let gates: ClusterGates = over.gates ?? NO_CLUSTER;
   let nc: NatsConnection | undefined;
+  let systemNc: NatsConnection | undefined;
+  let admission: Admission | undefined;
   let store: UpgradeStore | undefined;
   let inventory: Inventory | undefined;
   let lease: LeaderLease | undefined;
@@ -93,6 +97,7 @@ export function createApp(config: Config, logger: Logger, over: PlannerOverrides
       nc = await connectNats({
         url: config.natsUrl,
         name: `ferry-planner ${config.id}`,
+        ...(config.natsCreds ? { credsFile: config.natsCreds } : {}),
         onConnectionChange: (up) => {
           connected = up;
           log.info({ connected: up }, up ? "NATS reconnected" : "NATS disconnected");
@@ -133,6 +138,22 @@ export function createApp(config: Config, logger: Logger, over: PlannerOverrides
         void refresh();
         kubeTimer = setInterval(() => void refresh(), 15_000);
       }
+      if (config.natsSiteDir) {
+        const auth = SiteAuth.load(config.natsSiteDir);
+        systemNc = await connectNats({
+          url: config.natsUrl,
+          name: `ferry-planner ${config.id} (account updates)`,
+          credsFile: join(config.natsSiteDir, "system.creds"),
+        });
+        admission = new Admission({
+          kv: plannerKv,
+          nc: conn,
+          site: { auth, system: systemNc },
+          log: log.child({ component: "admission" }),
+          refused: (r) => metrics.admissionRefused.inc({ reason: r }),
+        });
+      } else admission = new Admission({ kv: plannerKv, nc: conn, log });
+      await admission.start();
       const plannerOps = new Planner({
         catalog: catalogClient,
         inventory,
@@ -208,7 +229,7 @@ export function createApp(config: Config, logger: Logger, over: PlannerOverrides
       });
       server.add(
         planner.PlannerServiceService,
-        plannerHandlers(plannerOps, () => conn, store, metrics.watchStreams),
+        plannerHandlers(plannerOps, admission, () => conn, store, metrics.watchStreams),
       );
       const port = await server.start();
       if (config.metricsAddr) metricsServer = await serveMetrics(config.metricsAddr, metrics.registry, log);
@@ -235,9 +256,11 @@ export function createApp(config: Config, logger: Logger, over: PlannerOverrides
       await leading;
       inventory?.stop();
       store?.stop();
+      admission?.stop();
       catalogClient.close();
       stager?.close();
       await nc?.drain();
+      await systemNc?.close();
     },
   };
 }

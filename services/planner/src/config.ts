@@ -4,6 +4,11 @@ import { loadGrpcSecurity, type GrpcSecurity } from "@ferry/grpc";
 
 const vars = {
   natsUrl: v.url("FERRY_NATS_URL", "NATS server URL(s), comma-separated", ["nats", "tls"], "nats://127.0.0.1:4222"),
+  natsCreds: v.optionalString("FERRY_NATS_CREDS", "NATS credentials file (user JWT and seed; empty: connect without credentials)"),
+  natsSiteDir: v.optionalString(
+    "FERRY_NATS_SITE_DIR",
+    "the site's NATS identities (`ferry site init` directory, with its seeds): board admission on (empty: off)",
+  ),
   grpcAddr: v.addr("FERRY_GRPC_ADDR", "host:port the planner's gRPC server listens on", "0.0.0.0:7402"),
   metricsAddr: v.optionalAddr("FERRY_METRICS_ADDR", "host:port serving Prometheus metrics at /metrics (e.g. 0.0.0.0:9402; empty: none)"),
   logLevel: v.enumOf("FERRY_LOG_LEVEL", "log level", LOG_LEVELS, "info"),

@@ -23,6 +23,8 @@ export class PlannerMetrics {
   readonly eventLag: Histogram;
   readonly tickDuration: Histogram;
   readonly watchStreams: Gauge;
+  readonly admissionRefused: Counter;
+  readonly forged: Counter;
 
   constructor(state: PlannerState) {
     const registers = [this.registry];
@@ -98,6 +100,18 @@ export class PlannerMetrics {
       registers,
     });
     this.watchStreams = new Gauge({ name: "ferry_planner_watch_streams", help: "WatchUpgrade streams open now", registers });
+    this.admissionRefused = new Counter({
+      name: "ferry_planner_admission_refused_total",
+      help: "Join requests refused, by reason (malformed, name-mismatch, revoked, admitted-with-another-key, too-many-pending)",
+      labelNames: ["reason"],
+      registers,
+    });
+    this.forged = new Counter({
+      name: "ferry_planner_forged_messages_total",
+      help: "Heartbeats and step events whose payload names another node than their key or subject (refused)",
+      labelNames: ["kind"],
+      registers,
+    });
     collectDefaultMetrics({ register: this.registry });
   }
 }

@@ -6,8 +6,8 @@
 //
 // Replies come to a per-user inbox prefix (`_INBOX_<user>`), so no user can subscribe to
 // another's replies (KV gets, JetStream acks, consumer deliveries).
-import { CHANNELS, type BucketChannel, type Component, type StreamChannel } from "../channels.ts";
-import { EVENTS_SUBJECT_PREFIX, encodeToken } from "../names.ts";
+import { CHANNELS, type BucketChannel, type Component, type ServiceChannel, type StreamChannel } from "../channels.ts";
+import { ADMISSION_SUBJECT_PREFIX, EVENTS_SUBJECT_PREFIX, encodeToken } from "../names.ts";
 
 export interface NatsPermissions {
   /** Subjects the user may publish to. */
@@ -16,6 +16,8 @@ export interface NatsPermissions {
   sub: string[];
   /** The inbox prefix the user must connect with (its replies arrive under it). */
   inboxPrefix: string;
+  /** Whether it answers requests (may publish to each request's reply subject, once). */
+  responds: boolean;
 }
 
 /** Kubernetes node names (DNS-1123 subdomains): the only board names Ferry admits. */
@@ -89,6 +91,12 @@ function streamChannelRights(c: StreamChannel<unknown>, component: Component, no
   return out;
 }
 
+function serviceRights(c: ServiceChannel<unknown>, component: Component): { pub: string[]; sub: string[] } {
+  if (c.subjects !== `${ADMISSION_SUBJECT_PREFIX}.<node>`) throw new Error(`no rights derived for ${c.subjects}`);
+  const all = `${ADMISSION_SUBJECT_PREFIX}.*`;
+  return { pub: c.caller === component ? [all] : [], sub: c.responder === component ? [all] : [] };
+}
+
 /**
  * The permissions of a component's NATS user (a board's: `node` is its name). Derived from
  * CHANNELS: the only place that says who writes and who reads each subject.
@@ -97,10 +105,19 @@ export function permissionsFor(component: Component, node?: string): NatsPermiss
   if (component === "node-daemon") checkNodeName(node ?? "");
   else if (node !== undefined) throw new Error(`only a board's user is scoped to a node (got ${component} for ${node})`);
   const inbox = inboxPrefix(component, node);
-  const pub = new Set<string>([`${API}.INFO`]);
-  for (const c of Object.values(CHANNELS) as Array<BucketChannel<unknown> | StreamChannel<unknown>>) {
+  const pub = new Set<string>(component === "join" ? [] : [`${API}.INFO`]);
+  const sub = new Set<string>([`${inbox}.>`]);
+  let responds = false;
+  for (const c of Object.values(CHANNELS) as Array<BucketChannel<unknown> | StreamChannel<unknown> | ServiceChannel<unknown>>) {
+    if (c.kind === "service") {
+      const r = serviceRights(c, component);
+      r.pub.forEach((s) => pub.add(s));
+      r.sub.forEach((s) => sub.add(s));
+      responds ||= r.sub.length > 0;
+      continue;
+    }
     const rights = c.kind === "bucket" ? bucketRights(c, component, node) : streamChannelRights(c, component, node);
     for (const r of rights) pub.add(r);
   }
-  return { pub: [...pub].sort(), sub: [`${inbox}.>`], inboxPrefix: inbox };
+  return { pub: [...pub].sort(), sub: [...sub], inboxPrefix: inbox, responds };
 }

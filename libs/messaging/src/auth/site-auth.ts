@@ -17,14 +17,10 @@ import { encodeAccount, encodeOperator, encodeUser, fmtCreds, Algorithms, type A
 import { createAccount, createOperator, createUser, fromPublic, fromSeed, type KeyPair } from "@nats-io/nkeys";
 import type { NatsConnection } from "@nats-io/transport-node";
 import type { Component } from "../channels.ts";
-import { inboxPrefix, permissionsFor } from "./permissions.ts";
+import { permissionsFor } from "./permissions.ts";
 
 /** A user of the site: a component, a board (by name), the joining boards, or the system account's. */
 export type SiteUser = Exclude<Component, "node-daemon"> | "join" | "system" | { node: string };
-
-/** Subjects a joining board (join.creds) may use: ask to be admitted under its name. */
-export const ADMISSION_SUBJECT_PREFIX = "ferry.admission.join";
-export const JOIN_INBOX = "_INBOX_join";
 
 /** Where nats-auth.conf keeps pushed account updates (the server's store volume in compose and Kubernetes). */
 export const DEFAULT_RESOLVER_DIR = "/var/lib/nats/jwt";
@@ -155,16 +151,9 @@ export class SiteAuth {
       const jwt = await encodeUser("system", fromPublic(publicKey), this.#keys.system, {}, { ...OPTS, ...exp });
       return { jwt, publicKey };
     }
-    const { name, perms } =
-      user === "join"
-        ? {
-            name: "join",
-            perms: { pub: { allow: [`${ADMISSION_SUBJECT_PREFIX}.*`] }, sub: { allow: [`${JOIN_INBOX}.>`] } },
-          }
-        : (() => {
-            const p = typeof user === "object" ? permissionsFor("node-daemon", user.node) : permissionsFor(user);
-            return { name: typeof user === "object" ? `node:${user.node}` : user, perms: { pub: { allow: p.pub }, sub: { allow: p.sub } } };
-          })();
+    const p = typeof user === "object" ? permissionsFor("node-daemon", user.node) : permissionsFor(user);
+    const name = typeof user === "object" ? `node:${user.node}` : user;
+    const perms = { pub: { allow: p.pub }, sub: { allow: p.sub }, ...(p.responds ? { resp: { max: 1, ttl: 60_000_000_000 } } : {}) };
     const jwt = await encodeUser(name, fromPublic(publicKey), this.#keys.signing, { ...perms, issuer_account: this.account }, { ...OPTS, ...exp });
     return { jwt, publicKey };
   }
@@ -185,11 +174,4 @@ export class SiteAuth {
     const { jwt } = await this.issue(user, kp.getPublicKey());
     return new TextDecoder().decode(fmtCreds(jwt, kp));
   }
-}
-
-/** The inbox prefix a user's connection must use (see permissionsFor). */
-export function userInboxPrefix(user: SiteUser): string | undefined {
-  if (user === "system") return undefined;
-  if (user === "join") return JOIN_INBOX;
-  return typeof user === "object" ? inboxPrefix("node-daemon", user.node) : inboxPrefix(user);
 }

@@ -18,6 +18,8 @@ export interface NatsLinkOptions {
   status: () => Promise<events.NodeStatus>;
   /** The assignment watch delivered a value (undefined: deleted, purged or unreadable). */
   onAssignment: (a: events.Assignment | undefined) => Promise<void>;
+  /** The credentials file to connect with (waits for admission; undefined: none). */
+  credentials?: (onWaiting: (why: string) => void) => Promise<string | undefined>;
 }
 
 export class NatsLink {
@@ -39,18 +41,29 @@ export class NatsLink {
   async run(): Promise<void> {
     const backoff = new Backoff({ initialMs: 500, maxMs: 15_000 });
     while (!this.#o.signal.aborted) {
-      let step = "connect";
+      let step = "admission";
       const session = new AbortController();
       const stop = () => session.abort();
       this.#o.signal.addEventListener("abort", stop, { once: true });
       try {
-        this.#nc = await connectNats({ url: this.#o.url, name: `ferry-node-daemon ${this.#o.node}`, connectTimeoutMs: 3000 });
+        const credsFile = await this.#o.credentials?.((why) => (this.#state = why));
+        if (this.#o.signal.aborted) break;
+        step = "connect";
+        this.#nc = await connectNats({
+          url: this.#o.url,
+          name: `ferry-node-daemon ${this.#o.node}`,
+          connectTimeoutMs: 3000,
+          ...(credsFile ? { credsFile } : {}),
+        });
         const nc = this.#nc;
         void nc.closed().then(stop);
         step = `open bucket ${CHANNELS.nodeStatus.bucket}`;
-        this.#nodes = await TypedBucket.open(nc, CHANNELS.nodeStatus);
+        // With credentials the planner declares both buckets and a board may only use them
+        // (write its own key, watch its own assignment); without, the board declares them too.
+        const bucket = credsFile ? TypedBucket.read : TypedBucket.open;
+        this.#nodes = await bucket(nc, CHANNELS.nodeStatus);
         step = `open bucket ${CHANNELS.assignments.bucket}`;
-        const assignments = await TypedBucket.open(nc, CHANNELS.assignments);
+        const assignments = await bucket(nc, CHANNELS.assignments);
         step = "deliver events";
         void this.#o.outbox.deliver(stepEventPublisher(nc), session.signal).catch((err: unknown) => {
           this.#o.log.warn({ err: (err as Error).message }, "event delivery stopped; restarting the NATS session");

@@ -4,6 +4,7 @@ import type { Implementation } from "@ferry/grpc";
 import type { NatsConnection } from "@ferry/messaging";
 import type { UpgradeStore } from "../adapters/upgrade-store.ts";
 import type { Planner } from "../planner.ts";
+import type { Admission } from "../admission.ts";
 import { watchUpgrade } from "../watch.ts";
 
 /** Counts what is open (WatchUpgrade streams, for /metrics). */
@@ -14,6 +15,7 @@ export interface OpenCount {
 
 export function plannerHandlers(
   p: Planner,
+  admission: Admission,
   nc: () => NatsConnection,
   store: UpgradeStore,
   streams: OpenCount,
@@ -36,6 +38,10 @@ export function plannerHandlers(
     approveUpgrade: async (req) => p.approve(req),
     releaseNode: async (req) => p.releaseNode(req),
     forgetNode: async (req) => p.forgetNode(req),
+    listAdmissions: async (req) => ({ admissions: await admission.list(req.state) }),
+    admitNode: async (req) => admission.admit(req),
+    revokeNode: async (req) => admission.revoke(req),
+    enrollNode: async (req) => admission.enroll(req),
   };
 }
 
