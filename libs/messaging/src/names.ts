@@ -64,6 +64,17 @@ export function eventSubject(upgradeId: string, node: string): string {
   return `${EVENTS_SUBJECT_PREFIX}.${encodeToken(upgradeId)}.${encodeToken(node)}`;
 }
 
+/** The upgrade and node a step event's subject names (undefined: not an event subject). */
+export function parseEventSubject(subject: string): { upgradeId: string; node: string } | undefined {
+  const parts = subject.split(".");
+  if (parts.length !== 4 || `${parts[0]}.${parts[1]}` !== EVENTS_SUBJECT_PREFIX) return undefined;
+  try {
+    return { upgradeId: decodeToken(parts[2]!), node: decodeToken(parts[3]!) };
+  } catch {
+    return undefined;
+  }
+}
+
 /** Subject filter for all events of one upgrade (or of all upgrades when omitted). */
 export function eventFilter(upgradeId?: string): string {
   return upgradeId === undefined ? `${EVENTS_SUBJECT_PREFIX}.>` : `${EVENTS_SUBJECT_PREFIX}.${encodeToken(upgradeId)}.*`;

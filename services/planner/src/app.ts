@@ -118,6 +118,10 @@ export function createApp(config: Config, logger: Logger, over: PlannerOverrides
       store = new UpgradeStore(plannerKv);
       await store.start();
       inventory = new Inventory(nodes, config.offlineSeconds * 1000);
+      inventory.onForged = (key, named) => {
+        metrics.forged.inc({ kind: "heartbeat" });
+        log.warn({ key, named: named.slice(0, 80) }, "forged heartbeat refused: its payload names another node than its key");
+      };
       await inventory.start();
       const inv = inventory;
       const st = store;
@@ -186,6 +190,7 @@ export function createApp(config: Config, logger: Logger, over: PlannerOverrides
                   if (lag !== undefined) metrics.eventLag.observe(lag);
                 },
                 tick: (s) => metrics.tickDuration.observe(s),
+                forged: (kind) => metrics.forged.inc({ kind }),
               },
               onConflict: (why) => {
                 log.error({ why }, "rollout state changed under this leader; stepping down");

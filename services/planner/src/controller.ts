@@ -10,7 +10,7 @@
 import { setTimeout as sleep } from "node:timers/promises";
 import type { JsMsg, ConsumerMessages } from "@nats-io/jetstream";
 import { events, planner } from "@ferry/proto";
-import { decodeStepEvent, type NatsConnection, type TypedBucket } from "@ferry/messaging";
+import { decodeStepEvent, parseEventSubject, type NatsConnection, type TypedBucket } from "@ferry/messaging";
 import { failedPrecondition, notFound, unavailable, type Logger } from "@ferry/runtime";
 import type { Inventory } from "./adapters/inventory.ts";
 import type { UpgradeStore } from "./adapters/upgrade-store.ts";
@@ -59,7 +59,7 @@ export interface ControllerDeps {
    */
   minTickGapMs?: number;
   /** Told of each applied event (its lag from the board's clock, when it has a time) and each tick's duration. */
-  metrics?: { ingested(lagSeconds: number | undefined): void; tick(seconds: number): void };
+  metrics?: { ingested(lagSeconds: number | undefined): void; tick(seconds: number): void; forged?(kind: "event"): void };
 }
 
 export class Controller {
@@ -85,6 +85,8 @@ export class Controller {
   broken = 0;
   /** Events applied (not counting duplicates), for the benchmark and /metrics. */
   ingested = 0;
+  /** Step events refused because their payload disagrees with their subject. */
+  forged = 0;
 
   constructor(d: ControllerDeps) {
     this.#d = d;
@@ -154,6 +156,16 @@ export class Controller {
       e = decodeStepEvent(m.data);
     } catch {
       this.#d.log.warn({ subject: m.subject, seq: m.seq }, "undecodable step event skipped");
+      m.term();
+      return;
+    }
+    // The subject is the node's (only its own user may publish it): a payload naming another
+    // node or upgrade, or a sequence no board reaches, is forged and refused.
+    const from = parseEventSubject(m.subject);
+    if (!from || from.node !== e.node || from.upgradeId !== e.upgradeId || !Number.isSafeInteger(e.seq)) {
+      this.forged++;
+      this.#d.metrics?.forged?.("event");
+      this.#d.log.warn({ subject: m.subject, node: e.node.slice(0, 80), upgrade: e.upgradeId.slice(0, 80), seq: e.seq }, "forged step event refused");
       m.term();
       return;
     }

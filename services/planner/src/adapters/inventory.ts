@@ -28,6 +28,9 @@ export class Inventory {
 
   /** Heartbeats that could not be read (a node that disagrees with the payload type). */
   unreadable = 0;
+  /** Heartbeats whose payload names another node than their key (refused). */
+  forged = 0;
+  onForged: (key: string, named: string) => void = () => undefined;
 
   constructor(kv: TypedBucket<events.NodeStatus>, offlineMs: number) {
     this.#kv = kv;
@@ -38,6 +41,12 @@ export class Inventory {
     this.#stop = await this.#kv.mirror(">", (e) => {
       if ("error" in e) {
         this.unreadable++; // a malformed heartbeat is ignored; the node shows as it was
+        return;
+      }
+      // The key is the node's (only its own user may write it): a payload naming another is forged.
+      if (e.value && e.value.name !== e.key) {
+        this.forged++;
+        this.onForged(e.key, e.value.name);
         return;
       }
       if (e.value) this.nodes.set(e.key, { status: this.#withClusterRole(e.value), seenAt: e.created });
