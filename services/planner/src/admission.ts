@@ -22,6 +22,10 @@ import {
 } from "@ferry/messaging";
 import { failedPrecondition, invalidArgument, notFound, type Logger } from "@ferry/runtime";
 
+/** Why a join request was refused (the label of ferry_planner_admission_refused_total). */
+export const REFUSAL_REASONS = ["malformed", "name-mismatch", "revoked", "admitted-with-another-key", "too-many-pending"] as const;
+export type RefusalReason = (typeof REFUSAL_REASONS)[number];
+
 const PREFIX = "admission.";
 /** At most this many boards wait for admission (a join credential cannot fill the bucket). */
 export const MAX_PENDING = 1000;
@@ -40,7 +44,7 @@ export interface AdmissionOptions {
   site?: { auth: SiteAuth; system: NatsConnection };
   log: Logger;
   /** Counts refused requests by reason (forged names, bad keys, conflicts). */
-  refused?: (reason: string) => void;
+  refused?: (reason: RefusalReason) => void;
 }
 
 function checkKey(key: string): string {
@@ -94,7 +98,7 @@ export class Admission {
     this.#stop?.();
   }
 
-  #refuse(reason: string, log: Record<string, unknown>): events.AdmissionReply {
+  #refuse(reason: RefusalReason, log: Record<string, unknown>): events.AdmissionReply {
     this.#o.refused?.(reason);
     this.#o.log.warn(log, `admission request refused: ${reason}`);
     return events.AdmissionReply.fromPartial({ state: Reply.STATE_REFUSED, reason });

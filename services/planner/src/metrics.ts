@@ -3,6 +3,7 @@
 // and WatchUpgrade. deploy/grafana/ferry.json charts these names.
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from "prom-client";
 import { events, planner } from "@ferry/proto";
+import { REFUSAL_REASONS } from "./admission.js";
 
 export interface PlannerState {
   /** Every stored upgrade (headers: counters derived, no progress). */
@@ -102,7 +103,7 @@ export class PlannerMetrics {
     this.watchStreams = new Gauge({ name: "ferry_planner_watch_streams", help: "WatchUpgrade streams open now", registers });
     this.admissionRefused = new Counter({
       name: "ferry_planner_admission_refused_total",
-      help: "Join requests refused, by reason (malformed, name-mismatch, revoked, admitted-with-another-key, too-many-pending)",
+      help: `Join requests refused, by reason (${REFUSAL_REASONS.join(", ")})`,
       labelNames: ["reason"],
       registers,
     });
@@ -112,6 +113,9 @@ export class PlannerMetrics {
       labelNames: ["kind"],
       registers,
     });
+    // Every series exists from the start (at 0), so rate() and alerts see the first refusal.
+    for (const reason of REFUSAL_REASONS) this.admissionRefused.inc({ reason }, 0);
+    for (const kind of ["event", "heartbeat"]) this.forged.inc({ kind }, 0);
     collectDefaultMetrics({ register: this.registry });
   }
 }
