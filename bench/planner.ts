@@ -23,7 +23,7 @@ import { catalog, events, planner } from "@ferry/proto";
 import { createClient } from "@ferry/grpc";
 import { BUCKETS, connectNats, ensureEventsStream, eventFilter, eventMsgId, eventSubject, EVENTS_STREAM, openBucket } from "@ferry/messaging";
 import { encodeManifest } from "@ferry/release";
-import { formatKeyringJson, generateKeyPair, loadSigningKey, signEnvelope } from "@ferry/signing";
+import { formatKeyringJson, generateKeyPair, loadSigningKey, parseKeyringJson, signEnvelope } from "@ferry/signing";
 import { NatsServer, placeholderManifest, ServiceProcess, tempDir, waitFor } from "@ferry/testing";
 
 const { values: args } = parseArgs({
@@ -72,7 +72,10 @@ async function main() {
   const watchNc = await connectNats({ url: nats.url, name: "bench bare consumer" });
   await ensureEventsStream(nc);
   const kp = generateKeyPair();
-  writeFileSync(join(dir.path, "keyring.json"), formatKeyringJson([kp.publicPem], 1));
+  const pk = generateKeyPair();
+  writeFileSync(join(dir.path, "planner.key"), pk.privatePem);
+  const keyringJson = formatKeyringJson([kp.publicPem], 1, [pk.publicPem]);
+  writeFileSync(join(dir.path, "keyring.json"), keyringJson);
   await using cat = new ServiceProcess("services/catalog/src/main.ts", {
     FERRY_NATS_URL: nats.url,
     FERRY_GRPC_ADDR: "127.0.0.1:0",
@@ -92,6 +95,7 @@ async function main() {
     FERRY_NATS_URL: nats.url,
     FERRY_GRPC_ADDR: "127.0.0.1:0",
     FERRY_CATALOG_ADDR: catalogAddr,
+    FERRY_PLANNER_KEY_FILE: join(dir.path, "planner.key"),
     FERRY_NODE_OFFLINE_SECONDS: "3600",
     FERRY_PLANNER_ID: "bench",
     FERRY_METRICS_ADDR: "127.0.0.1:0",
@@ -157,7 +161,7 @@ async function main() {
       behaviour: "healthy",
       labels: { "bench.ferry.dev/set": set },
     }));
-    const fleet = new SimFleet(nc, boards, { heartbeatMs: 30_000, stepMs: 1, gatePollMs: 50 });
+    const fleet = new SimFleet(nc, boards, { heartbeatMs: 30_000, stepMs: 1, gatePollMs: 50, keyring: parseKeyringJson(keyringJson) });
     await fleet.start();
     const selector = `bench.ferry.dev/set=${set}`;
     await waitFor(async () => (await client.listNodes({ selector })).nodes.length === n, { timeoutMs: 120_000 });

@@ -7,6 +7,7 @@
 //   FERRY_ORIGIN_URL    base URL the distributor and boards reach this origin by
 //   FERRY_CATALOG_ADDR  catalog gRPC address
 //   FERRY_CONFIG_DIR    where keys and keyring.json live (shared with catalog and boards)
+//   FERRY_PLANNER_PUB_FILE  the planner's assignment public key (from `ferry site init`)
 //   FERRY_DEMO_DIR      where the images are written
 //   FERRY_DEMO_BOARD    board id of the images (default ls1046a)
 import { existsSync, mkdirSync, readFileSync, statSync, createReadStream, writeFileSync } from "node:fs";
@@ -36,6 +37,7 @@ const c = readConfig(
     originUrl: v.url("FERRY_ORIGIN_URL", "base URL the distributor and boards reach this origin by", ["http", "https"], "http://127.0.0.1:7490"),
     catalogAddr: v.addr("FERRY_CATALOG_ADDR", "catalog gRPC address", "127.0.0.1:7401"),
     configDir: v.string("FERRY_CONFIG_DIR", "keys and keyring.json", ".ferry/demo/config"),
+    plannerPub: v.string("FERRY_PLANNER_PUB_FILE", "the planner's assignment public key, listed in keyring.json", "/config/nats/planner.pub"),
     dataDir: v.string("FERRY_DEMO_DIR", "where the images are written", ".ferry/demo/origin"),
     board: v.string("FERRY_DEMO_BOARD", "board id of the demo images", "ls1046a"),
   },
@@ -50,10 +52,13 @@ if (!existsSync(keyFile)) {
   const k = generateKeyPair();
   writeFileSync(keyFile, k.privatePem, { mode: 0o600 });
   writeFileSync(join(c.configDir, "release.pub"), k.publicPem);
-  writeFileSync(join(c.configDir, "keyring.json"), formatKeyringJson([k.publicPem], 1));
-  log.info({ dir: c.configDir }, "made the site's release key and keyring");
+  log.info({ dir: c.configDir }, "made the site's release key");
 }
 const signer = loadSigningKey(readFileSync(keyFile));
+// The boards' keyring: the release key, and the planner's assignment key (`ferry site init`).
+const plannerPubs = existsSync(c.plannerPub) ? [readFileSync(c.plannerPub, "utf8")] : [];
+if (!plannerPubs.length) log.warn({ file: c.plannerPub }, "no planner public key: boards will refuse every assignment");
+writeFileSync(join(c.configDir, "keyring.json"), formatKeyringJson([readFileSync(join(c.configDir, "release.pub"), "utf8")], 1, plannerPubs));
 
 const manifests: events.ReleaseManifest[] = [];
 for (const [version, behaviour] of DEMO_RELEASES) {

@@ -60,21 +60,33 @@ keys
   });
 keys
   .command("keyring")
-  .description("write a keyring (trusted public keys + threshold) for the catalog and the nodes")
-  .argument("<pub...>", "public key files (.pub)")
-  .option("--threshold <n>", "distinct keys that must sign", (v) => parseIntArg(v, "--threshold"), 1)
+  .description("write a keyring (trusted release keys + threshold, and the planner's assignment keys) for the catalog and the nodes")
+  .argument("<pub...>", "release public key files (.pub)")
+  .option("--threshold <n>", "distinct release keys that must sign", (v) => parseIntArg(v, "--threshold"), 1)
+  .option(
+    "--planner <pub>",
+    "the planner's assignment public key (planner.pub from `ferry site init`); repeat during a rotation. Boards refuse every assignment without one",
+    (v: string, acc: string[]) => [...acc, v],
+    [] as string[],
+  )
   .option("-o, --out <file>", "output file (default stdout)")
-  .action((pubs: string[], o: { threshold: number; out?: string }) => {
-    const pems = pubs.map((p) => readText(p, "public key"));
-    pems.forEach((p, i) => {
-      try {
-        loadPublicKey(p);
-      } catch (err) {
-        throw new CliError(`${pubs[i]}: ${(err as Error).message}`);
-      }
-    });
-    const json = formatKeyringJson(pems, o.threshold);
-    parseKeyringJson(json); // the threshold must not exceed the distinct keys
+  .action((pubs: string[], o: { threshold: number; planner: string[]; out?: string }) => {
+    const read = (files: string[]) =>
+      files.map((f) => {
+        const pem = readText(f, "public key");
+        try {
+          loadPublicKey(pem);
+        } catch (err) {
+          throw new CliError(`${f}: ${(err as Error).message}`);
+        }
+        return pem;
+      });
+    const json = formatKeyringJson(read(pubs), o.threshold, read(o.planner));
+    try {
+      parseKeyringJson(json); // the threshold must not exceed the distinct keys; roles apart
+    } catch (err) {
+      throw new CliError((err as Error).message);
+    }
     writeOut(o.out, json);
   });
 

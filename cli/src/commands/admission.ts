@@ -1,6 +1,8 @@
 // ferry nodes ls --pending / admit / revoke / enroll, and ferry site init: board admission
-// against the planner, and the site's NATS identities.
-import { writeFileSync } from "node:fs";
+// against the planner, and the site's identities (NATS, the planner's assignment key).
+import { existsSync, readFileSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
+import { generateKeyPair, loadSigningKey } from "@ferry/signing";
 import type { Command } from "commander";
 import { createUser } from "@nats-io/nkeys";
 import { fmtCreds } from "@nats-io/jwt";
@@ -66,10 +68,27 @@ export function registerAdmissionCommands(nodes: Command, program: Command, ctx:
     .command("site")
     .description("the site's own set-up")
     .command("init")
-    .description("create the site's NATS identities (operator, accounts, component credentials, nats-server include); keeps what exists")
+    .description(
+      "create the site's identities: NATS (operator, accounts, component credentials, nats-server include) and the planner's assignment key (planner.key, planner.pub for the boards' keyring); keeps what exists",
+    )
     .requiredOption("--dir <dir>", "directory to write (keep it secret: it holds the site's seeds)")
     .action(async (o: { dir: string }) => {
       const site = await SiteAuth.init(o.dir);
-      ctx.print({ dir: o.dir, account: site.account }, () => `site NATS identities in ${o.dir} (account ${site.account})\n`);
+      const planner = ensurePlannerKey(o.dir);
+      ctx.print(
+        { dir: o.dir, account: site.account, plannerKeyId: planner.keyId },
+        () => `site identities in ${o.dir} (NATS account ${site.account}, planner key ${planner.keyId})\n`,
+      );
     });
+}
+
+/** The planner's assignment key in the site directory (made once): planner.key (0600) and planner.pub. */
+function ensurePlannerKey(dir: string): { keyId: string } {
+  const keyFile = join(dir, "planner.key");
+  if (!existsSync(keyFile)) {
+    const k = generateKeyPair();
+    writeFileSync(join(dir, "planner.pub"), k.publicPem);
+    writeFileSync(keyFile, k.privatePem, { mode: 0o600 });
+  }
+  return { keyId: loadSigningKey(readFileSync(keyFile)).keyId };
 }

@@ -110,11 +110,11 @@ export const CHANNELS = {
     kind: "bucket",
     bucket: BUCKETS.assignments,
     keys: "<node>",
-    payload: protobuf("Assignment", events.Assignment, 1 * MiB),
+    payload: protobuf("SignedAssignment", events.SignedAssignment, 1 * MiB),
     writer: "planner",
     readers: ["node-daemon"],
     history: 1,
-    description: "Ferry assignments, one key per node, written by the planner",
+    description: "Ferry assignments, one key per node, signed and written by the planner",
   },
   rollout: {
     kind: "bucket",

@@ -7,6 +7,10 @@ import { events } from "@ferry/proto";
 import { readFileSync } from "node:fs";
 import { CHANNELS, connectNats, credsUser, eventSubject, permissionsFor, TypedBucket, type NatsConnection } from "../src/index.ts";
 
+/** An assignment as the bucket holds it (its signature does not matter to the server's permissions). */
+const unsigned = (a: Partial<events.Assignment>) =>
+  events.SignedAssignment.fromPartial({ assignment: Buffer.from(events.Assignment.encode(events.Assignment.fromPartial(a)).finish()) });
+
 let nats: NatsServer;
 const open: NatsConnection[] = [];
 async function as(user: Parameters<NatsServer["credsFile"]>[0]): Promise<NatsConnection> {
@@ -35,8 +39,8 @@ describe("NATS auth (real nats-server, decentralized JWT)", () => {
     const assignments = await TypedBucket.open(planner, CHANNELS.assignments);
     const plannerNodes = await TypedBucket.open(planner, CHANNELS.nodeStatus);
     await TypedBucket.open(planner, CHANNELS.rollout);
-    await assignments.put("worker-1", events.Assignment.fromPartial({ upgradeId: "u1" }));
-    await assignments.put("worker-2", events.Assignment.fromPartial({ upgradeId: "u1" }));
+    await assignments.put("worker-1", unsigned({ upgradeId: "u1" }));
+    await assignments.put("worker-2", unsigned({ upgradeId: "u1" }));
 
     const board = await as({ node: "worker-1" });
     const nodes = await TypedBucket.read(board, CHANNELS.nodeStatus);
@@ -47,14 +51,14 @@ describe("NATS auth (real nats-server, decentralized JWT)", () => {
     const mine = await TypedBucket.read(board, CHANNELS.assignments);
     const w = mine.watch("worker-1");
     const first = await w.next();
-    expect(first.value && "value" in first.value ? first.value.value?.upgradeId : undefined).toBe("u1");
+    expect(first.value && "value" in first.value ? events.Assignment.decode(first.value.value.assignment).upgradeId : undefined).toBe("u1");
     await w.return(undefined);
     await expect(mine.watch("worker-2").next()).rejects.toThrow(/permission|timeout/i);
     await expect(mine.watch(">").next()).rejects.toThrow(/permission|timeout/i);
     const rollout = await TypedBucket.read(board, CHANNELS.rollout);
     await expect(rollout.get("leader")).rejects.toThrow(/permission|timeout/i);
     await expect(rollout.put("leader", new Uint8Array(1))).rejects.toThrow(/permission|timeout/i);
-    await expect(mine.put("worker-1", events.Assignment.fromPartial({ upgradeId: "forged" }))).rejects.toThrow(/permission|timeout/i);
+    await expect(mine.put("worker-1", unsigned({ upgradeId: "forged" }))).rejects.toThrow(/permission|timeout/i);
 
     const js = jetstream(board, { timeout: 3000 });
     expect(permissionsFor("node-daemon", "worker-1").pub).toContain("ferry.events.*.worker-1");

@@ -81,10 +81,16 @@ describe("typed buckets and streams", () => {
       const got: Array<string | undefined> = [];
       await assignments.kv.put("w-1", new Uint8Array([0xff]));
       const watching = (async () => {
-        for await (const e of assignments.watch("w-1", ac.signal)) got.push("error" in e ? "error" : e.value?.upgradeId);
+        for await (const e of assignments.watch("w-1", ac.signal))
+          got.push("error" in e ? "error" : e.value && events.Assignment.decode(e.value.assignment).upgradeId);
       })();
       await waitFor(() => got.length === 1); // the current value first
-      await assignments.put("w-1", events.Assignment.fromPartial({ upgradeId: "up-1", term: 3 }));
+      await assignments.put(
+        "w-1",
+        events.SignedAssignment.fromPartial({
+          assignment: Buffer.from(events.Assignment.encode(events.Assignment.fromPartial({ upgradeId: "up-1", term: 3 })).finish()),
+        }),
+      );
       await waitFor(() => got.length === 2);
       await assignments.delete("w-1");
       await waitFor(() => got.length === 3);

@@ -67,26 +67,42 @@ export function publicPemOf(key: SigningKey): string {
   return createPublicKey(key.privateKey).export({ format: "pem", type: "spki" }).toString();
 }
 
-/** Trusted public keys and how many distinct ones must have signed. */
+/**
+ * Trusted public keys and how many distinct ones must have signed a release; `planner`:
+ * the keys that may sign assignments (any one suffices; two during a rotation). A role's
+ * keys never count for the other.
+ */
 export interface Keyring {
   threshold: number;
   keys: Map<string, KeyObject>;
+  planner: Map<string, KeyObject>;
 }
 
-export function createKeyring(publicPems: Array<string | Buffer>, threshold: number): Keyring {
+function keyMap(publicPems: Array<string | Buffer>): Map<string, KeyObject> {
   const keys = new Map<string, KeyObject>();
   for (const pem of publicPems) {
     const { keyId, publicKey } = loadPublicKey(pem);
     keys.set(keyId, publicKey);
   }
+  return keys;
+}
+
+export function createKeyring(publicPems: Array<string | Buffer>, threshold: number, plannerPems: Array<string | Buffer> = []): Keyring {
+  const keys = keyMap(publicPems);
+  const planner = keyMap(plannerPems);
+  for (const id of planner.keys())
+    if (keys.has(id)) throw new SignatureError("KEYRING_INVALID", `key ${id} is both a release key and a planner key; give each role its own`);
   if (!Number.isInteger(threshold) || threshold < 1)
     throw new SignatureError("KEYRING_INVALID", `threshold must be an integer ≥ 1, got ${threshold}`);
   if (threshold > keys.size)
     throw new SignatureError("KEYRING_INVALID", `threshold ${threshold} exceeds the ${keys.size} distinct key(s) in the keyring`);
-  return { threshold, keys };
+  return { threshold, keys, planner };
 }
 
-/** Keyring file: `{ "threshold": 1, "keys": ["-----BEGIN PUBLIC KEY-----..."] }`. */
+/**
+ * Keyring file: `{ "threshold": 1, "keys": ["-----BEGIN PUBLIC KEY-----..."], "planner": ["..."] }`
+ * (`planner`: the public keys of the planner's assignment keys; a board needs at least one).
+ */
 export function parseKeyringJson(text: string): Keyring {
   let doc: unknown;
   try {
@@ -94,15 +110,19 @@ export function parseKeyringJson(text: string): Keyring {
   } catch (err) {
     throw new SignatureError("KEYRING_INVALID", `keyring is not JSON: ${(err as Error).message}`);
   }
-  const d = doc as { threshold?: unknown; keys?: unknown };
-  if (typeof d !== "object" || d === null || !Array.isArray(d.keys) || !d.keys.every((k) => typeof k === "string")) {
-    throw new SignatureError("KEYRING_INVALID", 'keyring must be {"threshold": N, "keys": ["<PEM public key>", ...]}');
+  const d = doc as { threshold?: unknown; keys?: unknown; planner?: unknown };
+  const pems = (x: unknown): x is string[] => Array.isArray(x) && x.every((k) => typeof k === "string");
+  if (typeof d !== "object" || d === null || !pems(d.keys) || (d.planner !== undefined && !pems(d.planner))) {
+    throw new SignatureError(
+      "KEYRING_INVALID",
+      'keyring must be {"threshold": N, "keys": ["<PEM public key>", ...], "planner": ["<PEM public key>", ...]}',
+    );
   }
-  return createKeyring(d.keys as string[], typeof d.threshold === "number" ? d.threshold : NaN);
+  return createKeyring(d.keys, typeof d.threshold === "number" ? d.threshold : NaN, d.planner ?? []);
 }
 
-export function formatKeyringJson(publicPems: string[], threshold: number): string {
-  return `${JSON.stringify({ threshold, keys: publicPems }, null, 2)}\n`;
+export function formatKeyringJson(publicPems: string[], threshold: number, plannerPems: string[] = []): string {
+  return `${JSON.stringify({ threshold, keys: publicPems, ...(plannerPems.length ? { planner: plannerPems } : {}) }, null, 2)}\n`;
 }
 
 export function signBytes(bytes: Uint8Array, key: SigningKey): events.Signature {
@@ -155,3 +175,5 @@ export function verifyEnvelope(env: SignedEnvelope | undefined, keyring: Keyring
   }
   return [...good].sort();
 }
+
+export * from "./assignment.ts";

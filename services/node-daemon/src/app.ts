@@ -15,6 +15,7 @@ import { parseKeyringJson } from "@ferry/signing";
 import { boardCredentials } from "./adapters/admission.ts";
 import { NatsLink } from "./adapters/nats-link.ts";
 import { Outbox } from "./adapters/outbox.ts";
+import { AssignmentIntake } from "./adapters/assignment-intake.ts";
 import { StepMetrics } from "./adapters/step-metrics.ts";
 import { createPlatform } from "./adapters/platform.ts";
 import type { Config } from "./config.ts";
@@ -60,9 +61,10 @@ export async function runningOsVersion(config: Pick<Config, "osVersion" | "osRel
 export function createApp(config: Config, logger: Logger, over: DaemonOverrides = {}): DaemonApp {
   const keyring = parseKeyringJson(readFileSync(config.keyringFile!, "utf8"));
   const outbox = new Outbox(config.dataDir, config.node);
+  let metrics: StepMetrics | undefined;
   if (config.metricsTextfile !== "off") {
-    const metrics = new StepMetrics(config.metricsTextfile || join(config.dataDir, "metrics", "ferry-node-daemon.prom"), config.node, logger);
-    outbox.on("event", (e) => metrics.observe(e));
+    metrics = new StepMetrics(config.metricsTextfile || join(config.dataDir, "metrics", "ferry-node-daemon.prom"), config.node, logger);
+    outbox.on("event", (e) => metrics!.observe(e));
   }
   const state = new AtomicJsonFile<NodeState>(join(config.dataDir, "state.json"));
   const journal = new AtomicJsonFile<Journal>(join(config.dataDir, "journal.json"));
@@ -99,7 +101,16 @@ export function createApp(config: Config, logger: Logger, over: DaemonOverrides 
       booted: await platform.bootedSlot().catch(() => undefined),
       lastSeq: outbox.lastSeq,
       nats: link.state,
+      assignmentRefused: intake.refusal,
     });
+  const intake = new AssignmentIntake({
+    node: config.node,
+    keyring,
+    dataDir: config.dataDir,
+    log,
+    accept: (a) => controller!.setAssignment(a),
+    refused: (reason) => metrics?.refused(reason),
+  });
   const link: NatsLink = new NatsLink({
     url: config.natsUrl,
     node: config.node,
@@ -108,7 +119,7 @@ export function createApp(config: Config, logger: Logger, over: DaemonOverrides 
     log: logger.child({ component: "nats" }),
     signal: stop.signal,
     status,
-    onAssignment: (a) => controller!.setAssignment(a),
+    onAssignment: (s) => intake.deliver(s),
     credentials: (onWaiting) =>
       boardCredentials({
         url: config.natsUrl,

@@ -17,6 +17,8 @@ export interface StatusFacts {
   booted: SlotName | undefined;
   lastSeq: number;
   nats: string;
+  /** Why the last assignment was refused (empty: accepted). */
+  assignmentRefused?: string;
 }
 
 const SLOT = { A: events.Slot.SLOT_A, B: events.Slot.SLOT_B } as const;
@@ -70,5 +72,6 @@ export function nodeStatus(f: StatusFacts): events.NodeStatus {
     lastSeq: f.lastSeq,
     message: r ? `${r.outcome} ${r.version}${r.message ? `: ${r.message}` : ""}` : "",
     nats: f.nats,
+    assignmentRefused: f.assignmentRefused ?? "",
   };
 }

@@ -14,7 +14,7 @@ import { BUCKETS, connectNats, encodeToken, ensureEventsStream, EVENTS_STREAM, o
 import { formatKeyringJson, generateKeyPair, loadSigningKey } from "@ferry/signing";
 import { NatsServer, repoRoot, ServiceProcess, tempDir, waitFor } from "@ferry/testing";
 import { SimBoard } from "../src/sim/board.ts";
-import { assignment, sha, signedRelease } from "./fixtures.ts";
+import { assignment, plannerPair, sha, signedBytes, signedRelease } from "./fixtures.ts";
 
 const toolsJson = execFileSync(join(repoRoot, "scripts/ensure-bootloader-tools.sh"), {
   encoding: "utf8",
@@ -48,7 +48,7 @@ describe("kill -9 of the node-daemon", () => {
   const { raw, zst, envelope } = signedRelease([loadSigningKey(key.privatePem)], "v1.34.6", "healthy", { size: 6 * 1024 * 1024 });
 
   beforeAll(async () => {
-    writeFileSync(join(dir.path, "keyring.json"), formatKeyringJson([key.publicPem], 1));
+    writeFileSync(join(dir.path, "keyring.json"), formatKeyringJson([key.publicPem], 1, [plannerPair.publicPem]));
     nats = await NatsServer.start();
     nc = await connectNats({ url: nats.url, name: "planner-stand-in" });
     await ensureEventsStream(nc);
@@ -116,7 +116,7 @@ describe("kill -9 of the node-daemon", () => {
       })();
 
       const a = assignment({ upgradeId, envelope, blobDigest: sha(zst), distributorUrls: [distributor] });
-      await assignments.put(node, events.Assignment.encode(a).finish());
+      await assignments.put(node, signedBytes(a, node));
       await waitFor(
         async () => {
           const e = await nodes.get(node);

@@ -17,7 +17,7 @@ import { NatsServer, repoRoot, tempDir, waitFor } from "@ferry/testing";
 import { createApp, type DaemonApp } from "../src/app.ts";
 import { loadConfig } from "../src/config.ts";
 import { osImage, SimBoard } from "../src/sim/board.ts";
-import { assignment, sha, signedRelease } from "./fixtures.ts";
+import { assignment, plannerPair, sha, signedBytes, signedRelease } from "./fixtures.ts";
 
 const tools = JSON.parse(
   execFileSync(join(repoRoot, "scripts/ensure-bootloader-tools.sh"), { encoding: "utf8", stdio: ["ignore", "pipe", "inherit"] }),
@@ -63,7 +63,7 @@ describe("node-daemon with NATS", () => {
     await new Promise<void>((r) => server.listen(0, "127.0.0.1", r));
     const distributor = `http://127.0.0.1:${(server.address() as { port: number }).port}`;
 
-    writeFileSync(join(dir.path, "keyring.json"), formatKeyringJson([key.publicPem], 1));
+    writeFileSync(join(dir.path, "keyring.json"), formatKeyringJson([key.publicPem], 1, [plannerPair.publicPem]));
     const board = await SimBoard.create(join(dir.path, "board"), tools, osImage("v1.33.5", "healthy", 256 * 1024));
     const config = daemonConfig("edge-1.site-a", dir.path, board, nats.url, { FERRY_DISTRIBUTOR_URL: distributor, FERRY_HEARTBEAT_MS: "200" });
     const start = async (): Promise<DaemonApp> => {
@@ -78,7 +78,7 @@ describe("node-daemon with NATS", () => {
 
     // The planner's part: one hop, both gates granted.
     const a = assignment({ upgradeId: "up-7", envelope, blobDigest: sha(zst), distributorUrls: [distributor] });
-    await assignments.put("edge-1.site-a", events.Assignment.encode(a).finish());
+    await assignments.put("edge-1.site-a", signedBytes(a, "edge-1.site-a"));
     await waitFor(async () => (await app.idle()) === "rebooting", { timeoutMs: 20_000, what: "the reboot request" });
 
     // A manual install is refused while the assignment is active.
@@ -127,7 +127,7 @@ describe("node-daemon with NATS", () => {
     await new Promise<void>((r) => srv.listen(0, "127.0.0.1", r));
     const url = `http://127.0.0.1:${(srv.address() as { port: number }).port}/img.zst`;
     const { zst, envelope } = signedRelease([loadSigningKey(key.privatePem)], "v1.34.6", "healthy", { size: 1024 * 1024, url });
-    writeFileSync(join(d.path, "keyring.json"), formatKeyringJson([key.publicPem], 1));
+    writeFileSync(join(d.path, "keyring.json"), formatKeyringJson([key.publicPem], 1, [plannerPair.publicPem]));
     const board = await SimBoard.create(join(d.path, "board"), tools, osImage("v1.33.5", "healthy", 256 * 1024));
     const config = daemonConfig("edge-2", d.path, board, nats.url);
     let app = createApp(config, pino({ level: "silent" }), { platform: board.platform() });
@@ -187,7 +187,7 @@ describe("node-daemon with NATS", () => {
     const plain = await NatsServer.start({ jetstream: false });
     const port = plain.port;
     using d = tempDir("ferry-link-");
-    writeFileSync(join(d.path, "keyring.json"), formatKeyringJson([key.publicPem], 1));
+    writeFileSync(join(d.path, "keyring.json"), formatKeyringJson([key.publicPem], 1, [plannerPair.publicPem]));
     const board = await SimBoard.create(join(d.path, "board"), tools, osImage("v1.33.5", "healthy", 64 * 1024));
     const config = daemonConfig("edge-3", d.path, board, plain.url, { FERRY_HEARTBEAT_MS: "200" });
     const app = createApp(config, pino({ level: "silent" }), { platform: board.platform() });
@@ -224,7 +224,7 @@ describe("node-daemon with NATS", () => {
     await new Promise<void>((r) => srv.listen(0, "127.0.0.1", r));
     const url = `http://127.0.0.1:${(srv.address() as { port: number }).port}/img.zst`;
     const { zst, envelope } = signedRelease([loadSigningKey(key.privatePem)], "v1.34.6", "healthy", { size: 256 * 1024, url });
-    writeFileSync(join(d.path, "keyring.json"), formatKeyringJson([key.publicPem], 1));
+    writeFileSync(join(d.path, "keyring.json"), formatKeyringJson([key.publicPem], 1, [plannerPair.publicPem]));
     const board = await SimBoard.create(join(d.path, "board"), tools, osImage("v1.33.5", "healthy", 64 * 1024));
     const config = daemonConfig("edge-4", d.path, board, nats.url);
     const code = (p: Promise<unknown>) =>

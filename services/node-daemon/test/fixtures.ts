@@ -3,7 +3,7 @@ import { createHash } from "node:crypto";
 import { zstdCompressSync } from "node:zlib";
 import { events } from "@ferry/proto";
 import { encodeManifest, MANIFEST_TYPE } from "@ferry/release";
-import { signEnvelope, type SigningKey } from "@ferry/signing";
+import { createKeyring, generateKeyPair, loadSigningKey, signAssignment, signEnvelope, type SigningKey } from "@ferry/signing";
 import { osImage, type Behaviour } from "../src/sim/board.ts";
 
 export const sha = (b: Buffer) => createHash("sha256").update(b).digest("hex");
@@ -60,7 +60,25 @@ export function assignment(over: Partial<events.Assignment> = {}): events.Assign
     commitAllowed: true,
     cancel: false,
     updatedAt: new Date(),
+    expiresAt: undefined,
     term: 0,
+    node: "",
     ...over,
   };
 }
+
+/** The test planner's assignment key; board keyrings list `plannerPair.publicPem` under "planner". */
+export const plannerPair = generateKeyPair();
+export const plannerKey = loadSigningKey(plannerPair.privatePem);
+/** A keyring with only the planner key (for boards that verify assignments, not releases). */
+export const boardKeyring = createKeyring([generateKeyPair().publicPem], 1, [plannerPair.publicPem]);
+let issued = 0;
+
+/** An assignment for `node` as the planner writes it: a later issue time each call, valid an hour (or `ttlMs`), signed. */
+export function signed(a: events.Assignment, node: string, key: SigningKey = plannerKey, ttlMs = 3600_000): events.SignedAssignment {
+  issued = Math.max(Date.now(), issued + 1);
+  return signAssignment({ ...a, node, updatedAt: new Date(issued), expiresAt: new Date(issued + ttlMs) }, key);
+}
+
+/** `signed`, encoded for a KV put. */
+export const signedBytes = (a: events.Assignment, node: string): Uint8Array => events.SignedAssignment.encode(signed(a, node)).finish();

@@ -7,6 +7,7 @@ import { connectNats, ensureEventsStream } from "@ferry/messaging";
 import { NatsServer, tempDir, waitFor } from "@ferry/testing";
 import { SimFleet } from "../src/sim/fleet.ts";
 import { harness, type Harness } from "./board-harness.ts";
+import { boardKeyring } from "./fixtures.ts";
 
 type Gate = "waiting-reboot" | "waiting-commit" | "committed" | "cancelled" | "other";
 const N = events.NodeState;
@@ -70,6 +71,7 @@ describe("SimFleet has the real daemon's gate semantics", () => {
       heartbeatMs: 60_000,
       stepMs: 2,
       gatePollMs: 10,
+      keyring: boardKeyring,
     });
     await fleet.start();
     let p = h.process();

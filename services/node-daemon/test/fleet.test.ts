@@ -5,7 +5,7 @@ import { events } from "@ferry/proto";
 import { BUCKETS, connectNats, ensureEventsStream, EVENTS_STREAM, openBucket } from "@ferry/messaging";
 import { NatsServer, waitFor } from "@ferry/testing";
 import { SimFleet, type FleetBoard } from "../src/sim/fleet.ts";
-import { assignment } from "./fixtures.ts";
+import { assignment, boardKeyring, signedBytes } from "./fixtures.ts";
 
 const forNode = (over: Partial<events.Assignment> = {}) =>
   assignment({ upgradeId: "up-f", blobDigest: "a".repeat(64), healthTimeoutSeconds: 2, ...over });
@@ -22,19 +22,19 @@ describe("SimFleet", () => {
       version: "v1.33.5",
       behaviour: i === 2 ? "fails-health" : i === 3 ? "never-boots" : "healthy",
     }));
-    const fleet = new SimFleet(nc, boards, { heartbeatMs: 1000 });
+    const fleet = new SimFleet(nc, boards, { heartbeatMs: 1000, keyring: boardKeyring });
     await fleet.start();
     const nodes = await openBucket(nc, BUCKETS.nodes);
     const assignments = await openBucket(nc, BUCKETS.assignments);
     expect((await nodes.status()).values).toBe(200);
 
     // n1 waits at the reboot gate until it is granted.
-    await assignments.put("n1.site", events.Assignment.encode(forNode({ rebootAllowed: false })).finish());
+    await assignments.put("n1.site", signedBytes(forNode({ rebootAllowed: false }), "n1.site"));
     await waitFor(async () => events.NodeStatus.decode((await nodes.get("n1.site"))!.value).state === events.NodeState.NODE_STATE_WAITING_REBOOT);
-    await assignments.put("n1.site", events.Assignment.encode(forNode()).finish());
-    for (const n of ["n2.site", "n3.site", "n4.site"]) await assignments.put(n, events.Assignment.encode(forNode()).finish());
+    await assignments.put("n1.site", signedBytes(forNode(), "n1.site"));
+    for (const n of ["n2.site", "n3.site", "n4.site"]) await assignments.put(n, signedBytes(forNode(), n));
     // n5 never gets the commit grant: rolled back at the health timeout.
-    await assignments.put("n5.site", events.Assignment.encode(forNode({ commitAllowed: false })).finish());
+    await assignments.put("n5.site", signedBytes(forNode({ commitAllowed: false }), "n5.site"));
 
     const st = async (n: string) => events.NodeStatus.decode((await nodes.get(n))!.value);
     await waitFor(async () => (await st("n1.site")).currentVersion === "v1.34.6" && (await st("n4.site")).currentVersion === "v1.34.6", {

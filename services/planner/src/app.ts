@@ -3,7 +3,9 @@
 // tied to readiness (NATS up and the planner's KV mirrored).
 import { catalog, planner } from "@ferry/proto";
 import { createClient, GrpcServer, loadClientOptions } from "@ferry/grpc";
+import { readFileSync } from "node:fs";
 import { join } from "node:path";
+import { loadSigningKey } from "@ferry/signing";
 import { CHANNELS, connectNats, ensureEventsStream, SiteAuth, TypedBucket, type NatsConnection } from "@ferry/messaging";
 import { Admission } from "./admission.ts";
 import { serveMetrics, type App, type Logger, type MetricsServer } from "@ferry/runtime";
@@ -39,6 +41,7 @@ export interface PlannerOverrides {
 }
 
 export function createApp(config: Config, logger: Logger, over: PlannerOverrides = {}): PlannerApp {
+  const assignmentKey = loadSigningKey(readFileSync(config.keyFile!));
   const server = new GrpcServer({
     logger: logger.child({ component: "grpc" }),
     address: config.grpcAddr,
@@ -173,6 +176,7 @@ export function createApp(config: Config, logger: Logger, over: PlannerOverrides
             const c = new Controller({
               nc: conn,
               assignments,
+              assignmentKey,
               store: st,
               inventory: inv,
               log,

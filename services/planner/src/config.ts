@@ -9,6 +9,11 @@ const vars = {
     "FERRY_NATS_SITE_DIR",
     "the site's NATS identities (`ferry site init` directory, with its seeds): board admission on (empty: off)",
   ),
+  keyFile: v.file(
+    "FERRY_PLANNER_KEY_FILE",
+    'the planner\'s ed25519 private key (PEM) that signs every assignment; boards list its public key in their keyring under "planner" (`ferry keys generate`)',
+    false,
+  ),
   grpcAddr: v.addr("FERRY_GRPC_ADDR", "host:port the planner's gRPC server listens on", "0.0.0.0:7402"),
   metricsAddr: v.optionalAddr("FERRY_METRICS_ADDR", "host:port serving Prometheus metrics at /metrics (e.g. 0.0.0.0:9402; empty: none)"),
   logLevel: v.enumOf("FERRY_LOG_LEVEL", "log level", LOG_LEVELS, "info"),

@@ -12,6 +12,7 @@ import type { JsMsg, ConsumerMessages } from "@nats-io/jetstream";
 import { events, planner } from "@ferry/proto";
 import { decodeStepEvent, parseEventSubject, type NatsConnection, type TypedBucket } from "@ferry/messaging";
 import { failedPrecondition, notFound, unavailable, type Logger } from "@ferry/runtime";
+import type { SigningKey } from "@ferry/signing";
 import type { Inventory } from "./adapters/inventory.ts";
 import type { UpgradeStore } from "./adapters/upgrade-store.ts";
 import { AssignmentProjection } from "./assignments.ts";
@@ -35,7 +36,9 @@ const INVENTORY_VIEW_MS = 1000;
 
 export interface ControllerDeps {
   nc: NatsConnection;
-  assignments: TypedBucket<events.Assignment>;
+  assignments: TypedBucket<events.SignedAssignment>;
+  /** Signs every assignment (the boards' keyring lists its public key under "planner"). */
+  assignmentKey: SigningKey;
   store: UpgradeStore;
   inventory: Inventory;
   log: Logger;
@@ -93,6 +96,7 @@ export class Controller {
     this.#staging = d.stager && new Staging(d.stager, d.log);
     this.#projection = new AssignmentProjection({
       kv: d.assignments,
+      key: d.assignmentKey,
       log: d.log,
       term: d.term,
       isLeader: d.isLeader,

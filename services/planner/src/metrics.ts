@@ -3,7 +3,7 @@
 // and WatchUpgrade. deploy/grafana/ferry.json charts these names.
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from "prom-client";
 import { events, planner } from "@ferry/proto";
-import { REFUSAL_REASONS } from "./admission.js";
+import { REFUSAL_REASONS } from "./admission.ts";
 
 export interface PlannerState {
   /** Every stored upgrade (headers: counters derived, no progress). */

@@ -1,6 +1,7 @@
 // Crash safety of the rollout: kill -9 of the leading planner (a real process) hands over
 // to the other one; a NATS restart mid-rollout loses nothing. Every assignment write is
 // recorded: no node is ever sent the same command twice.
+import { unsealAssignment } from "@ferry/signing";
 import { describe, expect, it } from "vitest";
 import { events, planner } from "@ferry/proto";
 import { BUCKETS, openBucket } from "@ferry/messaging";
@@ -15,14 +16,17 @@ async function recordAssignments(site: Site) {
   const writes: Array<{ node: string; a: events.Assignment | undefined }> = [];
   const w = await kv.watch({ key: ">" });
   void (async () => {
-    for await (const e of w) writes.push({ node: e.key, a: e.operation === "PUT" ? events.Assignment.decode(e.value) : undefined });
+    for await (const e of w)
+      writes.push({ node: e.key, a: e.operation === "PUT" ? unsealAssignment(events.SignedAssignment.decode(e.value)) : undefined });
   })();
   return {
     stop: () => w.stop(),
     check() {
       const last = new Map<string, string>();
       for (const { node, a } of writes) {
-        const key = a ? JSON.stringify(events.Assignment.toJSON({ ...a, updatedAt: undefined, envelope: undefined })) : "deleted";
+        const key = a
+          ? JSON.stringify(events.Assignment.toJSON({ ...a, updatedAt: undefined, expiresAt: undefined, envelope: undefined }))
+          : "deleted";
         expect(key, `${node} commanded twice`).not.toBe(last.get(node));
         last.set(node, key);
       }
@@ -46,6 +50,7 @@ describe("planner failover", () => {
       FERRY_NATS_URL: site.nats.url,
       FERRY_GRPC_ADDR: "127.0.0.1:0",
       FERRY_CATALOG_ADDR: site.catalogAddr,
+      FERRY_PLANNER_KEY_FILE: site.plannerKey,
       FERRY_PLANNER_LEASE_MS: "800",
       FERRY_PLANNER_ID: id,
     });

@@ -12,7 +12,7 @@ import { jetstreamManager } from "@nats-io/jetstream";
 import { expect } from "vitest";
 import { encodeManifest } from "@ferry/release";
 import { createLogger, type App } from "@ferry/runtime";
-import { formatKeyringJson, generateKeyPair, loadSigningKey, signEnvelope } from "@ferry/signing";
+import { formatKeyringJson, generateKeyPair, loadSigningKey, parseKeyringJson, signEnvelope, type Keyring } from "@ferry/signing";
 import { NatsServer, placeholderManifest, tempDir, waitFor } from "@ferry/testing";
 
 export const BOARD = "ls1046a";
@@ -35,6 +35,10 @@ export class Site implements AsyncDisposable {
   readonly #apps: App[] = [];
   readonly #fleets: SimFleet[] = [];
   readonly keyring = join(this.dir.path, "keyring.json");
+  /** The planner's assignment key (FERRY_PLANNER_KEY_FILE); the keyring lists it under "planner". */
+  readonly plannerKey = join(this.dir.path, "planner.key");
+  /** The boards' keyring, parsed (the fleets verify assignments with it). */
+  boardKeyring!: Keyring;
 
   static async start(o: SiteOptions = {}): Promise<Site> {
     const s = new Site();
@@ -42,7 +46,10 @@ export class Site implements AsyncDisposable {
     s.nc = await connectNats({ url: s.nats.url, name: "test" });
     await ensureEventsStream(s.nc);
     const kp = generateKeyPair();
-    writeFileSync(s.keyring, formatKeyringJson([kp.publicPem], 1));
+    const pk = generateKeyPair();
+    writeFileSync(s.plannerKey, pk.privatePem);
+    writeFileSync(s.keyring, formatKeyringJson([kp.publicPem], 1, [pk.publicPem]));
+    s.boardKeyring = parseKeyringJson(formatKeyringJson([kp.publicPem], 1, [pk.publicPem]));
     const siteKey = join(s.dir.path, "site.key");
     if (o.siteKey) writeFileSync(siteKey, generateKeyPair().privatePem);
     const cat = createCatalog(
@@ -71,6 +78,7 @@ export class Site implements AsyncDisposable {
         FERRY_NATS_URL: this.nats.url,
         FERRY_GRPC_ADDR: "127.0.0.1:0",
         FERRY_CATALOG_ADDR: this.catalogAddr,
+        FERRY_PLANNER_KEY_FILE: this.plannerKey,
         FERRY_PLANNER_LEASE_MS: "600",
         FERRY_NODE_OFFLINE_SECONDS: "3",
         ...env,
@@ -84,8 +92,8 @@ export class Site implements AsyncDisposable {
     return { app, addr: `127.0.0.1:${app.port()}`, client: plannerClient(`127.0.0.1:${app.port()}`) };
   }
 
-  async fleet(boards: FleetBoard[], o: FleetOptions = {}): Promise<SimFleet> {
-    const f = new SimFleet(this.nc, boards, { heartbeatMs: 1000, ...o });
+  async fleet(boards: FleetBoard[], o: Partial<FleetOptions> = {}): Promise<SimFleet> {
+    const f = new SimFleet(this.nc, boards, { heartbeatMs: 1000, keyring: this.boardKeyring, ...o });
     await f.start();
     this.#fleets.push(f);
     return f;

@@ -1,5 +1,6 @@
 // The review's reproduced planner cases as named tests: real nats-server, real catalog,
 // the planner over gRPC, the fast simulated fleet.
+import { unsealAssignment } from "@ferry/signing";
 import { describe, expect, it } from "vitest";
 import { catalog, events, planner } from "@ferry/proto";
 import { BUCKETS, openBucket } from "@ferry/messaging";
@@ -72,7 +73,7 @@ describe("the planner review's cases", () => {
     const kv = await openBucket(site.nc, BUCKETS.assignments);
     const a = await waitFor(async () => {
       const e = await kv.get("cp-0");
-      return e && e.value.length > 0 ? events.Assignment.decode(e.value) : undefined;
+      return e && e.value.length > 0 ? unsealAssignment(events.SignedAssignment.decode(e.value)) : undefined;
     });
     expect(Number(a.term)).toBeGreaterThan(0);
     expect(Number(a.term)).toBe(app.term());
@@ -159,7 +160,7 @@ describe("a node that dies holding a slot", () => {
       await waitFor(
         async () => {
           const e = await kv.get("cp-0");
-          return e && e.value.length > 0 && events.Assignment.decode(e.value).cancel;
+          return e && e.value.length > 0 && unsealAssignment(events.SignedAssignment.decode(e.value)).cancel;
         },
         { what: "the cancel assignment" },
       );

@@ -11,7 +11,7 @@ const P = planner.UpgradePhase;
 describe("planner rollouts", () => {
   it("previews, then takes five boards through two hops, the control plane first in each", async () => {
     await using site = await Site.start();
-    await site.fleet(boards(5), { stepMs: 2 });
+    const fleet = await site.fleet(boards(5), { stepMs: 2 });
     const { client } = await site.planner();
     await waitFor(async () => (await client.listNodes({ selector: "" })).nodes.length === 5);
 
@@ -54,6 +54,8 @@ describe("planner rollouts", () => {
     const nodes = (await client.listNodes({ selector: "ferry.dev/role=worker" })).nodes;
     expect(nodes.map((n) => n.status!.currentVersion)).toEqual(["v1.35.1", "v1.35.1", "v1.35.1", "v1.35.1"]);
     expect(nodes.every((n) => n.claimedBy === "")).toBe(true);
+    // Every assignment the boards saw was signed by the planner for them (they verify each).
+    expect(fleet.refusedAssignments).toBe(0);
   });
 });
 

@@ -16,8 +16,8 @@ export interface NatsLinkOptions {
   signal: AbortSignal;
   /** The status to heartbeat. */
   status: () => Promise<events.NodeStatus>;
-  /** The assignment watch delivered a value (undefined: deleted, purged or unreadable). */
-  onAssignment: (a: events.Assignment | undefined) => Promise<void>;
+  /** The assignment watch delivered a value (undefined: deleted, purged or unreadable); not verified yet. */
+  onAssignment: (a: events.SignedAssignment | undefined) => Promise<void>;
   /** The credentials file to connect with (waits for admission; undefined: none). */
   credentials?: (onWaiting: (why: string) => void) => Promise<string | undefined>;
 }

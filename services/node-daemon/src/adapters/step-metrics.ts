@@ -1,11 +1,13 @@
 // The daemon's step durations and outcomes as a node_exporter textfile (Prometheus text
 // format, collected with --collector.textfile.directory): by default
 // <FERRY_DATA_DIR>/metrics/ferry-node-daemon.prom, on the data partition, so the history
-// survives a slot switch. Rewritten atomically (temp file + rename) after each step ends.
+// survives a slot switch. Rewritten atomically (temp file + rename) after each step ends
+// and each refused assignment.
 import { mkdirSync } from "node:fs";
 import { dirname } from "node:path";
 import { events } from "@ferry/proto";
 import { writeFileAtomic, type Logger } from "@ferry/runtime";
+import { ASSIGNMENT_REFUSALS, type AssignmentRefusal } from "@ferry/signing";
 
 const { StepState: T } = events;
 const OUTCOME: Partial<Record<events.StepState, string>> = {
@@ -24,6 +26,7 @@ export class StepMetrics {
   readonly #started = new Map<events.StepName, number>();
   readonly #outcomes = new Map<string, number>(); // "step outcome" → count
   readonly #durations = new Map<string, { sum: number; count: number; last: number }>(); // step → seconds
+  readonly #refused = new Map<AssignmentRefusal, number>(ASSIGNMENT_REFUSALS.map((r) => [r, 0]));
   #lastEnd = 0;
   #writing: Promise<void> = Promise.resolve();
   #dirty = false;
@@ -32,6 +35,7 @@ export class StepMetrics {
     this.file = file;
     this.#node = node;
     this.#log = log;
+    this.#flush();
   }
 
   /** Records one step event (the outbox's, as it is appended). */
@@ -57,6 +61,12 @@ export class StepMetrics {
     this.#flush();
   }
 
+  /** Counts an assignment the daemon refused (signature, node, expiry, term). */
+  refused(reason: AssignmentRefusal): void {
+    this.#refused.set(reason, (this.#refused.get(reason) ?? 0) + 1);
+    this.#flush();
+  }
+
   render(): string {
     const node = this.#node.replace(/["\\\n]/g, "_");
     const out = [
@@ -78,6 +88,9 @@ export class StepMetrics {
       "# HELP ferry_node_step_last_end_timestamp_seconds When the last step ended on this node",
       "# TYPE ferry_node_step_last_end_timestamp_seconds gauge",
       `ferry_node_step_last_end_timestamp_seconds{node="${node}"} ${this.#lastEnd / 1000}`,
+      "# HELP ferry_node_assignments_refused_total Assignments this node refused, by reason (unsigned, unknown key, bad signature, other node, expired, older term, replayed)",
+      "# TYPE ferry_node_assignments_refused_total counter",
+      ...[...this.#refused].map(([reason, n]) => `ferry_node_assignments_refused_total{node="${node}",reason="${reason}"} ${n}`),
     ];
     return `${out.join("\n")}\n`;
   }

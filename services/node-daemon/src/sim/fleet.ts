@@ -7,9 +7,12 @@
 // daemon's rules (domain/gates.ts): closed unless granted, a deleted assignment keeps
 // waiting, older terms refused, a cancel sticks, another hop supersedes the run, a commit
 // grant counts only after the trial boot. test/fleet.test.ts runs both on one sequence.
+// Like the real daemon it verifies each signed assignment (keyring's planner keys, its own
+// name, expiry, no replay) and refuses the rest.
 import { events } from "@ferry/proto";
 import { CHANNELS, stepEventPublisher, TypedBucket, type NatsConnection, type StepEventPublisher } from "@ferry/messaging";
 import { sleep } from "@ferry/runtime";
+import { acceptAssignment, AssignmentRefused, markAfter, markOf, type AssignmentMark, type Keyring } from "@ferry/signing";
 import { afterBoot, grantFor, grantOf, nextGrant } from "../domain/gates.ts";
 import { eventDraft, type Grant } from "../steps/ports.ts";
 
@@ -26,6 +29,8 @@ export interface FleetBoard {
 }
 
 export interface FleetOptions {
+  /** The boards' keyring: its planner keys verify the assignments. */
+  keyring: Keyring;
   heartbeatMs?: number;
   /** Time each simulated step takes (the write is two of them). */
   stepMs?: number;
@@ -52,6 +57,10 @@ interface Sim extends FleetBoard {
   dead?: boolean;
   /** The newest planner term seen. */
   term: number;
+  /** The newest signed assignment accepted. */
+  mark?: AssignmentMark;
+  /** Why the last signed assignment was refused (empty: accepted). */
+  refused: string;
   busy: boolean;
   done: Set<string>;
   message: string;
@@ -61,11 +70,13 @@ export class SimFleet {
   readonly boards = new Map<string, Sim>();
   readonly #nc: NatsConnection;
   readonly #o: Required<FleetOptions>;
+  /** Assignments refused, all boards together. */
+  refusedAssignments = 0;
   readonly #stop = new AbortController();
   #nodes: TypedBucket<events.NodeStatus> | undefined;
   readonly #publish: StepEventPublisher;
 
-  constructor(nc: NatsConnection, boards: FleetBoard[], o: FleetOptions = {}) {
+  constructor(nc: NatsConnection, boards: FleetBoard[], o: FleetOptions) {
     this.#nc = nc;
     this.#publish = stepEventPublisher(nc);
     this.#o = { heartbeatMs: 5000, stepMs: 5, gatePollMs: 50, failingVersions: [], onEvent: () => undefined, ...o };
@@ -78,6 +89,7 @@ export class SimFleet {
         assignment: undefined,
         grant: undefined,
         term: 0,
+        refused: "",
         busy: false,
         done: new Set(),
         message: "",
@@ -98,12 +110,29 @@ export class SimFleet {
       for await (const e of watcher) {
         const b = this.boards.get(e.key);
         if (!b) continue;
-        this.assign(b.name, "error" in e ? undefined : e.value);
+        this.deliver(b, "error" in e ? undefined : e.value);
       }
     })();
   }
 
-  /** The assignment watch delivered a value for one board (undefined: deleted). */
+  /** A signed assignment for one board, verified as the daemon does (undefined: deleted). */
+  deliver(b: Sim, s: events.SignedAssignment | undefined): void {
+    if (!s || b.dead) return this.assign(b.name, undefined);
+    let a: events.Assignment;
+    try {
+      a = acceptAssignment(s, this.#o.keyring, { node: b.name, now: new Date(), ...(b.mark ? { seen: b.mark } : {}) });
+    } catch (err) {
+      if (!(err instanceof AssignmentRefused)) throw err;
+      b.refused = `${err.reason}: ${err.message}`;
+      this.refusedAssignments++;
+      return;
+    }
+    b.refused = "";
+    if (markAfter(markOf(a), b.mark)) b.mark = markOf(a);
+    this.assign(b.name, a);
+  }
+
+  /** The (verified) assignment for one board (undefined: deleted). */
   assign(name: string, a: events.Assignment | undefined): void {
     const b = this.boards.get(name);
     if (!b || b.dead) return;
@@ -156,6 +185,7 @@ export class SimFleet {
       lastSeq: b.seq,
       message: b.message,
       nats: "connected",
+      assignmentRefused: b.refused,
     };
   }
 

@@ -184,7 +184,9 @@ export class World {
       commitAllowed: false,
       cancel: false,
       updatedAt: undefined,
+      expiresAt: undefined,
       term: this.#term,
+      node: "n1",
     };
   }
 

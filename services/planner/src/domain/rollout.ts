@@ -348,8 +348,11 @@ export function desiredAssignment(
     rebootAllowed: !released && g.rebootGranted,
     commitAllowed: !released && g.commitGranted,
     cancel: released || (u.cancelRequested && !g.rebootGranted),
+    // Set when it is signed (assignments.ts).
     updatedAt: undefined,
+    expiresAt: undefined,
     // The leader's term: a node refuses an assignment of an older term than it has seen.
     term: o.term,
+    node: g.node,
   };
 }
