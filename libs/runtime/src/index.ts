@@ -7,3 +7,4 @@ export * from "./reclaim.ts";
 export * from "./atomic-file.ts";
 export * from "./backoff.ts";
 export * from "./metrics-http.ts";
+export * from "./confined-file.ts";

@@ -90,7 +90,7 @@ export class Catalog {
       }
       if (m.rawSha256 !== img.rawSha256) {
         throw invalidArgument(
-          `image of ${img.version}: the raw image's sha256 is ${m.rawSha256}, but catalog.yaml says ${img.rawSha256}; nothing was imported`,
+          `image of ${img.version}: the raw image does not match the sha256 catalog.yaml gives (${img.rawSha256}); nothing was imported`,
           "CHECKSUM_MISMATCH",
         );
       }

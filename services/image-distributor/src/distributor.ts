@@ -1,9 +1,7 @@
 // Admin operations behind the gRPC API: registration, prefetch, import, pins, eviction.
-import { createReadStream } from "node:fs";
 import { createHash } from "node:crypto";
-import { open, rm } from "node:fs/promises";
-import { resolve, sep } from "node:path";
-import { failedPrecondition, invalidArgument, notFound, type Logger } from "@ferry/runtime";
+import { open, rm, type FileHandle } from "node:fs/promises";
+import { failedPrecondition, invalidArgument, notFound, openConfined, type Logger } from "@ferry/runtime";
 import type { Filler } from "./adapters/fill.ts";
 import type { BlobEntry, BlobStore } from "./adapters/store.ts";
 import { DIGEST_RE, DiskFullError } from "./errors.ts";
@@ -73,56 +71,70 @@ export class Distributor {
     yield { bytesDone: fill.written, bytesTotal: fill.written, rate: 0, source: fill.source, done: true };
   }
 
-  /** Writes bytes (streamed, or from a local file) verified against digest and size. */
+  /**
+   * Writes bytes (streamed, or from a local file) verified against digest and size. A
+   * local file must resolve (symlinks followed) to a regular file inside an import
+   * directory; errors about it never tell its size or digest. Cache space is reserved for
+   * the registered size when there is one (a declared size must match it), else for the
+   * bytes as they arrive: a declared size alone evicts nothing.
+   */
   async import(header: { digest: string; size: number; localPath: string }, chunks: AsyncIterable<Uint8Array>): Promise<BlobEntry> {
     const { digest, size } = header;
     checkDigest(digest);
-    if (!(size > 0)) throw invalidArgument("size must be > 0", "SIZE_INVALID");
+    if (!Number.isSafeInteger(size) || !(size > 0)) throw invalidArgument("size must be a whole number of bytes > 0", "SIZE_INVALID");
     const existing = this.store.get(digest);
+    if (existing?.size !== undefined && existing.size !== size)
+      throw failedPrecondition(`blob ${digest} is registered as ${existing.size} bytes, not ${size}`, "SIZE_CONFLICT");
     if (existing?.cached) {
       for await (const _ of chunks) {
         // drain the client's stream; the blob is already here
       }
       return existing;
     }
-    let source: AsyncIterable<Uint8Array> = chunks;
-    if (header.localPath) {
-      const p = resolve(header.localPath);
-      if (!this.importDirs.some((d) => p === resolve(d) || p.startsWith(resolve(d) + sep))) {
-        throw failedPrecondition(
-          `${header.localPath} is not under an allowed import directory (FERRY_DISTRIBUTOR_IMPORT_DIRS)`,
-          "IMPORT_DIR_NOT_ALLOWED",
-        );
-      }
-      source = createReadStream(p, { highWaterMark: 1 << 20 });
+    const local = header.localPath ? await openConfined(header.localPath, this.importDirs, "FERRY_DISTRIBUTOR_IMPORT_DIRS") : undefined;
+    const fromFile = local !== undefined;
+    if (local && local.size !== size) {
+      await local.fh.close();
+      throw invalidArgument(`${header.localPath} does not hold the declared blob; nothing was stored`, "IMPORT_MISMATCH");
     }
-    await this.store.reserve(size, digest);
+    const source: AsyncIterable<Uint8Array> = local ? local.fh.createReadStream({ highWaterMark: 1 << 20 }) : chunks;
     const tmp = this.store.tmpPath(digest);
-    const fh = await open(tmp, "w");
+    let fh: FileHandle | undefined;
     const hash = createHash("sha256");
     let n = 0;
     try {
+      // The registered size, or the file's own: known, not merely claimed.
+      if (existing?.size !== undefined || fromFile) await this.store.reserve(size, digest);
+      fh = await open(tmp, "w");
       for await (const chunk of source) {
         if (n + chunk.length > size) throw invalidArgument(`more than the declared ${size} bytes were sent`, "TOO_LONG");
+        await this.store.reserveFor(digest, n + chunk.length, size);
         await fh.write(chunk, 0, chunk.length, n);
         hash.update(chunk);
         n += chunk.length;
       }
       if (n !== size) throw invalidArgument(`${n} bytes were sent, ${size} declared`, "SIZE_MISMATCH");
       const got = hash.digest("hex");
-      if (got !== digest) throw invalidArgument(`the bytes' sha256 is ${got}, not ${digest}; nothing was stored`, "DIGEST_MISMATCH");
+      if (got !== digest) {
+        if (fromFile) throw invalidArgument(`${header.localPath} does not hold the declared blob; nothing was stored`, "IMPORT_MISMATCH");
+        throw invalidArgument(`the bytes' sha256 is ${got}, not ${digest}; nothing was stored`, "DIGEST_MISMATCH");
+      }
       await fh.close();
+      fh = undefined;
       await this.store.commit(digest, tmp, size);
       this.log.info({ digest: digest.slice(0, 12), bytes: size }, "blob imported");
       return this.store.get(digest)!;
     } catch (err) {
-      await fh.close().catch(() => undefined);
+      this.store.release(digest);
+      await fh?.close().catch(() => undefined);
       await rm(tmp, { force: true });
       if ((err as NodeJS.ErrnoException).code === "ENOSPC") {
         this.metrics.diskFull.inc();
         throw new DiskFullError(`disk full while importing ${digest}`);
       }
       throw err;
+    } finally {
+      await local?.fh.close().catch(() => undefined);
     }
   }
 

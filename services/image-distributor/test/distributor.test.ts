@@ -1,84 +1,17 @@
 // The image-distributor in-process (real HTTP and gRPC servers on port 0, real disk, real
 // upstreams): ranges, coalescing, serve-while-filling, resume, verification, eviction,
 // pins, disk full, the admin API and hostile input.
-import { createHash, randomBytes } from "node:crypto";
+import { randomBytes } from "node:crypto";
 import { existsSync, readdirSync, symlinkSync, writeFileSync } from "node:fs";
 import { connect } from "node:net";
 import { join } from "node:path";
-import { afterEach, describe, expect, it } from "vitest";
-import { pino } from "pino";
+import { describe, expect, it } from "vitest";
 import { request } from "undici";
-import { distributor } from "@ferry/proto";
-import { createClient, status, type GrpcCallError } from "@ferry/grpc";
+import { status, type GrpcCallError } from "@ferry/grpc";
 import { tempDir, waitFor } from "@ferry/testing";
-import { createApp } from "../src/app.ts";
-import { loadConfig } from "../src/config.ts";
-import { Upstream } from "./upstream.ts";
-
-const sha = (b: Buffer) => createHash("sha256").update(b).digest("hex");
-const cleanups: Array<() => Promise<void> | void> = [];
-afterEach(async () => {
-  for (const c of cleanups.splice(0).reverse()) await c();
-});
-
-async function startDistributor(env: Record<string, string> = {}) {
-  const dir = tempDir("ferry-dist-");
-  const config = loadConfig({
-    FERRY_HTTP_ADDR: "127.0.0.1:0",
-    FERRY_GRPC_ADDR: "127.0.0.1:0",
-    FERRY_DISTRIBUTOR_DATA_DIR: dir.path,
-    FERRY_DISTRIBUTOR_UPSTREAM_TIMEOUT_MS: "2000",
-    ...env,
-  });
-  const app = createApp(config, pino({ level: "silent" }));
-  await app.start();
-  const admin = createClient(distributor.DistributorServiceService, `127.0.0.1:${app.grpcPort()}`);
-  const base = `http://127.0.0.1:${app.httpPort()}`;
-  const d = {
-    app,
-    admin,
-    base,
-    dir: dir.path,
-    url: (digest: string) => `${base}/blobs/sha256/${digest}`,
-    stop: async () => {
-      admin.close();
-      await app.stop(AbortSignal.timeout(5000));
-    },
-  };
-  cleanups.push(() => dir[Symbol.dispose]());
-  cleanups.push(d.stop);
-  return d;
-}
-
-async function upstream(size: number, blob?: Buffer) {
-  const u = await new Upstream(size, blob).start();
-  cleanups.push(() => u.close());
-  return u;
-}
-
-async function get(url: string, headers: Record<string, string> = {}, method: "GET" | "HEAD" = "GET") {
-  const res = await request(url, { method, headers });
-  const body = Buffer.from(await res.body.arrayBuffer());
-  return { status: res.statusCode, headers: res.headers, body };
-}
-
-/** GETs and reports whether the body ended cleanly or was aborted. */
-async function getOutcome(url: string): Promise<{ status: number; clean: boolean; body: Buffer }> {
-  const res = await request(url).catch(() => undefined);
-  if (!res) return { status: 0, clean: false, body: Buffer.alloc(0) };
-  try {
-    return { status: res.statusCode, clean: true, body: Buffer.from(await res.body.arrayBuffer()) };
-  } catch {
-    return { status: res.statusCode, clean: false, body: Buffer.alloc(0) };
-  }
-}
-
-/** Waits until the blob is committed (the commit follows the last byte sent). */
-const committed = (d: Awaited<ReturnType<typeof startDistributor>>, digest: string) =>
-  waitFor(async () => (await d.admin.statBlob({ digest }).catch(() => undefined))?.cached, { what: `commit of ${digest.slice(0, 8)}` });
-
-const register = (d: Awaited<ReturnType<typeof startDistributor>>, u: Upstream, sources = [u.url]) =>
-  d.admin.registerBlob({ digest: u.digest, size: u.blob.length, sources });
+import type { distributor } from "@ferry/proto";
+import { cleanups, committed, get, getOutcome, register, sha, startDistributor, upstream } from "./kit.ts";
+import type { Upstream } from "./upstream.ts";
 
 describe("HTTP ranges on a cached blob (RFC 9110)", () => {
   it("answers full, single, suffix, open, multipart, If-Range, 416 and HEAD correctly", async () => {

@@ -1,11 +1,10 @@
 // Opening an image to measure it: from a local directory (a mounted USB stick) by the
 // file name of its URL, or from the URL itself over HTTP.
-import { createReadStream } from "node:fs";
-import { stat } from "node:fs/promises";
-import { basename, join, resolve, sep } from "node:path";
+import { realpath } from "node:fs/promises";
+import { join, resolve } from "node:path";
 import type { Readable } from "node:stream";
 import { request } from "undici";
-import { failedPrecondition, invalidArgument, unavailable } from "@ferry/runtime";
+import { failedPrecondition, invalidArgument, isInside, openConfined, unavailable } from "@ferry/runtime";
 
 export interface ImageSourceOptions {
   /** Directories image_dir may name (or be inside of). Empty: image_dir refused. */
@@ -14,23 +13,27 @@ export interface ImageSourceOptions {
 
 export async function openImage(url: string, imageDir: string, opts: ImageSourceOptions, signal?: AbortSignal): Promise<Readable> {
   if (imageDir) {
+    const setting = "FERRY_CATALOG_IMPORT_DIRS on the catalog";
+    // image_dir itself must be inside an allowed directory, as written and resolved.
     const dir = resolve(imageDir);
-    if (!opts.allowedDirs.some((root) => dir === resolve(root) || dir.startsWith(resolve(root) + sep))) {
-      throw failedPrecondition(
-        `image_dir ${imageDir} is not under an allowed import directory (set FERRY_CATALOG_IMPORT_DIRS on the catalog)`,
-        "IMPORT_DIR_NOT_ALLOWED",
-      );
+    const roots = opts.allowedDirs.filter(Boolean).map((d) => resolve(d));
+    const realDir = await realpath(dir).catch(() => undefined);
+    const realRoots = await Promise.all(roots.map((d) => realpath(d).catch(() => "")));
+    if (!roots.some((d) => isInside(dir, d)) || !realDir || !realRoots.some((d) => d && isInside(realDir, d))) {
+      throw failedPrecondition(`image_dir ${imageDir} is not under an allowed import directory (set ${setting})`, "IMPORT_DIR_NOT_ALLOWED");
     }
-    const name = decodeURIComponent(basename(new URL(url).pathname));
-    if (!name || name === "." || name === "..") throw invalidArgument(`cannot derive a file name from ${url}`, "CATALOG_INVALID");
-    const path = join(dir, name);
+    // The file is the URL's last path segment, decoded: it must name a file in image_dir.
+    const raw = new URL(url).pathname.split("/").pop() ?? "";
+    let name: string;
     try {
-      const st = await stat(path);
-      if (!st.isFile()) throw new Error("not a regular file");
-    } catch (err) {
-      throw failedPrecondition(`image ${name} not found in ${imageDir}: ${(err as Error).message}`, "IMAGE_NOT_FOUND");
+      name = decodeURIComponent(raw);
+    } catch {
+      throw invalidArgument(`cannot derive a file name from ${url}`, "CATALOG_INVALID");
     }
-    return createReadStream(path, { highWaterMark: 1024 * 1024 });
+    if (!name || name === "." || name === ".." || /[/\\\0]/.test(name))
+      throw invalidArgument(`cannot derive a file name from ${url}`, "CATALOG_INVALID");
+    const { fh } = await openConfined(join(dir, name), [dir], `image_dir ${imageDir}`);
+    return fh.createReadStream({ highWaterMark: 1024 * 1024 });
   }
   try {
     const res = await request(url, { method: "GET", headersTimeout: 30_000, bodyTimeout: 60_000, ...(signal ? { signal } : {}) });

@@ -178,7 +178,9 @@ export class Filler {
     }
     let fh: FileHandle | undefined;
     let hash = createHash("sha256");
+    const registered = fill.size;
     try {
+      // A registered size (the planner stages the signed one) is reserved whole, up front.
       if (fill.size !== undefined) await this.#store.reserve(fill.size, d);
       // Resume a partial file a previous run left: re-hash what it holds.
       const already = await this.#store.partialSize(d);
@@ -219,6 +221,7 @@ export class Filler {
           hash = createHash("sha256");
           fill.written = 0;
           fill.generation += 1;
+          fill.size = registered;
           fill.emit("reset");
         }
       }
@@ -240,6 +243,7 @@ export class Filler {
         this.#metrics.fillFailures.inc({ reason: (e as { code?: string }).code ?? "ERROR" });
       }
       log.error({ err: e.message }, "fill failed");
+      this.#store.release(d);
       fill.fail(e);
     }
   }
@@ -289,7 +293,8 @@ export class Filler {
             throw new BadSourceError(`${source} says the blob is ${total} bytes, but it is registered as ${fill.size}`, "LENGTH_MISMATCH");
           }
           if (fill.size === undefined) {
-            await this.#store.reserve(total, fill.digest);
+            // Upstream's word only (nothing registered it): the cache is reserved for the
+            // bytes as they arrive, never for a claimed length before any byte is checked.
             fill.size = total;
             fill.emit("size", total);
           }
@@ -299,6 +304,7 @@ export class Filler {
             res.body.destroy();
             throw new BadSourceError(`${source} sent more than the ${fill.size} bytes expected`, "TOO_LONG");
           }
+          await this.#store.reserveFor(fill.digest, fill.written + chunk.length, fill.size ?? 0);
           await fh.write(chunk, 0, chunk.length, fill.written);
           hash.update(chunk);
           processReclaimer.add(chunk.length);

@@ -31,6 +31,9 @@ export class BlobStore {
   readonly dir: string;
   readonly budgetBytes: number;
   readonly #entries = new Map<string, BlobEntry>();
+  /** Bytes reserved by writes in flight (fills, imports), by digest. */
+  readonly #reserved = new Map<string, number>();
+  #reserving: Promise<void> = Promise.resolve();
   #saving: Promise<void> = Promise.resolve();
   #dirty = false;
   #touchTimer: NodeJS.Timeout | undefined;
@@ -142,25 +145,71 @@ export class BlobStore {
   }
 
   /**
-   * Makes room for `bytes` more under the budget by evicting least-recently-used,
-   * unpinned blobs (never `keep`). Throws DiskFullError when pins make it impossible.
+   * Makes room under the budget so that `d`'s writer holds at least `upTo` bytes, evicting
+   * least-recently-used, unpinned blobs (never `d`). Bytes reserved by writes in flight
+   * count as used, and reservations are made one at a time, so two writers never both
+   * count the same free space. Throws DiskFullError when pins and other writes make it
+   * impossible. The reservation ends at commit or `release(d)`.
    */
-  async reserve(bytes: number, keep: string): Promise<string[]> {
+  reserve(upTo: number, d: string): Promise<string[]> {
+    const run = this.#reserving.then(() => this.#reserve(upTo, d));
+    this.#reserving = run.then(
+      () => undefined,
+      () => undefined,
+    );
+    return run;
+  }
+
+  /**
+   * For a write whose size nothing vouches for: makes sure `need` bytes (those about to be
+   * written) are reserved, reserving a little ahead (at most `cap`, the claimed size) so
+   * that not every chunk takes the lock.
+   */
+  async reserveFor(d: string, need: number, cap: number): Promise<void> {
+    if (need <= this.reservedFor(d)) return;
+    const step = Math.max(64 * 1024, Math.min(64 * 1024 * 1024, Math.floor(this.budgetBytes / 16)));
+    await this.reserve(Math.max(need, Math.min(cap, need + step)), d);
+  }
+
+  /** Bytes reserved for `d`'s writer now. */
+  reservedFor(d: string): number {
+    return this.#reserved.get(d) ?? 0;
+  }
+
+  /** Ends `d`'s reservation (its write failed, or was committed). */
+  release(d: string): void {
+    this.#reserved.delete(d);
+  }
+
+  async #reserve(upTo: number, d: string): Promise<string[]> {
     const evicted: string[] = [];
-    let used = this.usedBytes();
-    if (used + bytes <= this.budgetBytes) return evicted;
-    const victims = this.list()
-      .filter((e) => e.cached && e.pins.length === 0 && e.digest !== keep)
-      .sort((a, b) => a.lastAccess - b.lastAccess);
-    for (const v of victims) {
-      if (used + bytes <= this.budgetBytes) break;
-      await this.evict(v.digest);
-      used -= v.size ?? 0;
-      evicted.push(v.digest);
+    const held = this.reservedFor(d);
+    if (upTo <= held) return evicted;
+    const bytes = upTo - held;
+    let used = this.usedBytes() + [...this.#reserved.values()].reduce((a, b) => a + b, 0);
+    if (used + bytes > this.budgetBytes) {
+      const evictable = this.list().reduce((n, e) => n + (e.cached && e.pins.length === 0 && e.digest !== d ? (e.size ?? 0) : 0), 0);
+      // Nothing is evicted for a reservation that cannot succeed anyway.
+      if (used - evictable + bytes > this.budgetBytes)
+        throw new DiskFullError(
+          `cache budget of ${this.budgetBytes} bytes cannot fit ${bytes} more: ${used - evictable} bytes are pinned or being written`,
+        );
+      const victims = this.list()
+        .filter((e) => e.cached && e.pins.length === 0 && e.digest !== d)
+        .sort((a, b) => a.lastAccess - b.lastAccess);
+      for (const v of victims) {
+        if (used + bytes <= this.budgetBytes) break;
+        await this.evict(v.digest);
+        used -= v.size ?? 0;
+        evicted.push(v.digest);
+      }
     }
     if (used + bytes > this.budgetBytes) {
-      throw new DiskFullError(`cache budget of ${this.budgetBytes} bytes cannot fit ${bytes} more: ${used} bytes are pinned or in use`);
+      throw new DiskFullError(
+        `cache budget of ${this.budgetBytes} bytes cannot fit ${bytes} more: ${used} bytes are pinned, in use or being written`,
+      );
     }
+    this.#reserved.set(d, upTo);
     return evicted;
   }
 
@@ -172,6 +221,7 @@ export class BlobStore {
     await rename(from, this.blobPath(d));
     await fsyncDir(join(this.dir, "blobs"));
     const e = this.entry(d);
+    this.release(d);
     e.cached = true;
     e.size = size;
     e.committedAt = Date.now();

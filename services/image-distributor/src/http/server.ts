@@ -88,6 +88,12 @@ async function handle(deps: HttpDeps, req: IncomingMessage, res: ServerResponse)
 
   let entry = deps.store.get(digest);
   let fill: Fill | undefined;
+  // A client may ask for verified bytes only: `Cache-Control: only-if-cached` (RFC 9111:
+  // 504 unless cached, i.e. verified), or `X-Ferry-Require-Verified: 1` (wait for the fill
+  // to verify the whole blob, then serve it from the cache).
+  const onlyIfCached = /(^|,)\s*only-if-cached\s*(,|$)/i.test(String(req.headers["cache-control"] ?? ""));
+  const requireVerified = req.headers["x-ferry-require-verified"] === "1";
+  if (onlyIfCached && !entry?.cached) return plain(res, 504, `blob ${digest} is not cached (verified) here yet\n`);
   if (!entry?.cached) {
     fill = deps.filler.get(digest);
     entry = deps.store.get(digest);
@@ -95,6 +101,14 @@ async function handle(deps: HttpDeps, req: IncomingMessage, res: ServerResponse)
       if (deps.filler.sources(digest).length === 0) return plain(res, 404, `blob ${digest} is not cached and no source is registered for it\n`);
       fill = deps.filler.start(digest);
     }
+  }
+  if (fill && requireVerified && fill.state !== "done") {
+    try {
+      await fill.finished;
+    } catch (err) {
+      return plain(res, 502, `could not fetch and verify blob ${digest}: ${(err as Error).message}\n`);
+    }
+    if (!deps.store.get(digest)?.cached) return plain(res, 502, `blob ${digest} was not kept after its fill\n`);
   }
   let size: number;
   let body: Body;
@@ -128,6 +142,18 @@ async function handle(deps: HttpDeps, req: IncomingMessage, res: ServerResponse)
     req.method === "GET" && ifRangeMatches(req.headers["if-range"] as string | undefined, headers.etag!) ? req.headers.range : undefined;
   const decision = parseRange(rangeHeader, size);
   if (decision.kind === "unsatisfiable") return plain(res, 416, "range not satisfiable\n", { ...headers, "content-range": `bytes */${size}` });
+  // Bytes of a running fill are verified only when the blob's last byte is: a response that
+  // includes it ends cleanly only after the digest matched. One that does not (a range
+  // short of the end, or passed through from upstream) carries unverified bytes: it claims
+  // no validator and must not be stored.
+  const fromFill = fill !== undefined && fill.state !== "done";
+  const passing = (r: ByteRange[]) => fromFill && r.length === 1 && r[0]!.start > fill!.written + PASS_THROUGH_GAP;
+  const reachesEnd = decision.kind === "full" || (decision.kind === "partial" && decision.ranges.some((r) => r.end === size - 1));
+  if (fromFill && (!reachesEnd || (decision.kind === "partial" && passing(decision.ranges)))) {
+    delete headers.etag;
+    headers["cache-control"] = "no-store";
+    headers["x-ferry-verified"] = "false";
+  }
   let parts: Part[];
   if (decision.kind === "full") {
     res.writeHead(200, { ...headers, "content-type": "application/octet-stream", "content-length": String(size) });
@@ -153,7 +179,7 @@ async function handle(deps: HttpDeps, req: IncomingMessage, res: ServerResponse)
   }
   // A single range far ahead of a running fill would wait for the whole sequential fill
   // to get there: fetch just that range from upstream instead (passed through, not cached).
-  if (fill && fill.state === "filling" && parts.length === 1 && parts[0]!.start > fill.written + PASS_THROUGH_GAP) {
+  if (fill && fill.state === "filling" && parts.length === 1 && passing(parts)) {
     const r = parts[0]!;
     try {
       await passThrough(res, deps.filler.sources(digest), r, size, deps.metrics, ac.signal);
