@@ -148,6 +148,16 @@ describe("deploy/k8s", () => {
       role.rules.flatMap((r) => r.apiGroups.flatMap((g) => r.resources.flatMap((res) => r.verbs.map((v) => `${g}:${res}:${v}`)))),
     );
     expect([...granted].sort()).toEqual([...used].sort());
+    // Creating monok8s OSUpgrades (whose catalogs a trusting planner re-signs) is granted to no one.
+    for (const r of byKind("ClusterRole").concat(byKind("Role")) as Array<
+      Doc & { rules: Array<{ apiGroups: string[]; resources: string[]; verbs: string[] }> }
+    >)
+      for (const rule of r.rules)
+        if (rule.apiGroups.includes("monok8s.io") || rule.apiGroups.includes("*"))
+          expect(
+            rule.verbs.filter((v) => ["create", "update", "*"].includes(v)),
+            r.metadata!.name,
+          ).toEqual([]);
   });
 
   it("configures NATS the way Ferry needs it everywhere (JetStream, every write synced)", () => {

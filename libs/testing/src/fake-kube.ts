@@ -63,7 +63,7 @@ export class FakeKube implements AsyncDisposable {
   #compactedTo = 0;
   readonly #watchers = new Set<{ prefix: string; send: (e: Json) => void }>();
   bookmarkMs = 300;
-  /** Cluster-scoped custom objects by "<group>/<plural>/<name>" (OSUpgrades). */
+  /** Custom objects (OSUpgrades) by "<group>/<plural>/<name>", or "<group>/<plural>/<namespace>/<name>" when namespaced. */
   readonly custom = new Map<string, Json & { metadata: Json & { name: string; finalizers?: string[]; deletionTimestamp?: string } }>();
   #rv = 1;
   /** Every request served: "METHOD path". */
@@ -145,7 +145,8 @@ export class FakeKube implements AsyncDisposable {
   }
 
   #changed(key: string, type: "ADDED" | "MODIFIED" | "DELETED", object: Json): void {
-    const prefix = key.slice(0, key.lastIndexOf("/") + 1);
+    // "<group>/<plural>/": a cluster-wide watch sees namespaced objects too.
+    const prefix = `${key.split("/").slice(0, 2).join("/")}/`;
     const rv = Number((object.metadata as Json).resourceVersion);
     const c = { rv, prefix, type, object: JSON.parse(JSON.stringify(object)) as Json };
     this.#changes.push(c);
@@ -158,9 +159,10 @@ export class FakeKube implements AsyncDisposable {
     this.#changes = [];
   }
 
-  /** Creates a cluster-scoped custom object, as `kubectl apply` would. */
-  applyCustom(group: string, plural: string, obj: Json & { metadata: { name: string } }): void {
-    const key = `${group}/${plural}/${obj.metadata.name}`;
+  /** Creates a custom object (namespaced when its metadata has a namespace), as `kubectl apply` would. */
+  applyCustom(group: string, plural: string, obj: Json & { metadata: { name: string; namespace?: string } }): void {
+    const ns = obj.metadata.namespace;
+    const key = `${group}/${plural}/${ns ? `${ns}/` : ""}${obj.metadata.name}`;
     const cur = this.custom.get(key);
     const metadata: Json = {
       creationTimestamp: new Date().toISOString(),
@@ -254,8 +256,11 @@ export class FakeKube implements AsyncDisposable {
         return this.#json(res, { kind: "Node", apiVersion: "v1", ...next });
       }
     }
-    if ((m = /^\/apis\/([^/]+)\/[^/]+\/([^/]+)(?:\/([^/]+))?(?:\/(status))?$/.exec(url.pathname))) {
-      const [, group, plural, name, sub] = m as unknown as [string, string, string, string | undefined, string | undefined];
+    if (
+      (m = /^\/apis\/([^/]+)\/[^/]+\/namespaces\/([^/]+)\/([^/]+)\/([^/]+)(?:\/(status))?$/.exec(url.pathname)) ||
+      (m = /^\/apis\/([^/]+)\/[^/]+\/()([^/]+)(?:\/([^/]+))?(?:\/(status))?$/.exec(url.pathname))
+    ) {
+      const [, group, ns, plural, name, sub] = m as unknown as [string, string, string, string, string | undefined, string | undefined];
       if (!name && req.method === "GET" && /^(true|1)$/.test(url.searchParams.get("watch") ?? ""))
         return this.#watch(req, res, url, `${group}/${plural}/`);
       if (!name && req.method === "GET") {
@@ -263,7 +268,7 @@ export class FakeKube implements AsyncDisposable {
         const items = [...this.custom.entries()].filter(([k]) => k.startsWith(`${group}/${plural}/`)).map(([, v]) => v);
         return this.#json(res, { apiVersion: `${group}/v1alpha1`, kind: "List", metadata: { resourceVersion: String(this.#rv) }, items });
       }
-      const key = `${group}/${plural}/${name}`;
+      const key = `${group}/${plural}/${ns ? `${ns}/` : ""}${name}`;
       const o = this.custom.get(key);
       if (!o) return this.#status(res, 404, "NotFound", `${plural}.${group} "${name}" not found`);
       if (req.method === "GET") return this.#json(res, o);

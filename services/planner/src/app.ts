@@ -217,7 +217,13 @@ export function createApp(config: Config, logger: Logger, over: PlannerOverrides
                     importMonok8s: (yaml) => plannerOps.importMonok8s(yaml, config.monok8sBoard, config.monok8sArch),
                   },
                   log,
-                  { trustMonok8s: config.monok8sTrust },
+                  {
+                    trustMonok8s: config.monok8sTrust,
+                    monok8sNamespaces: config.monok8sNamespaces
+                      .split(",")
+                      .map((n) => n.trim())
+                      .filter(Boolean),
+                  },
                 );
                 osupgrades.start(config.osupgradeIntervalMs);
               }

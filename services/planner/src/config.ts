@@ -1,5 +1,5 @@
 import { hostname } from "node:os";
-import { LOG_LEVELS, readConfig, v, type Env } from "@ferry/runtime";
+import { ConfigError, LOG_LEVELS, readConfig, v, type Env } from "@ferry/runtime";
 import { loadGrpcSecurity, type GrpcSecurity } from "@ferry/grpc";
 
 const vars = {
@@ -48,6 +48,11 @@ const vars = {
     "adopt monok8s.io OSUpgrades: import their unsigned inline catalogs, re-signed by the catalog's site key",
     false,
   ),
+  monok8sNamespaces: v.string(
+    "FERRY_MONOK8S_NAMESPACES",
+    "comma-separated namespaces whose monok8s.io OSUpgrades FERRY_MONOK8S_TRUST adopts (required with it; protect who may create them there with RBAC)",
+    "",
+  ),
   monok8sBoard: v.string("FERRY_MONOK8S_BOARD", "board id the images of adopted monok8s catalogs are for", ""),
   monok8sArch: v.string("FERRY_MONOK8S_ARCH", "CPU architecture of adopted monok8s images", "arm64"),
   osupgradeIntervalMs: v.int("FERRY_OSUPGRADE_SYNC_MS", "how often the leader looks at OSUpgrade objects", 2000, 100),
@@ -60,6 +65,10 @@ export type Config = ReturnType<typeof readConfig<typeof vars>> & { security: Gr
 /** Reads and validates the planner's configuration once; throws ConfigError naming each bad variable. */
 export function loadConfig(env: Env = process.env): Config {
   const c = readConfig(vars, env);
+  if (c.monok8sTrust && !c.monok8sNamespaces.split(",").some((n) => n.trim()))
+    throw new ConfigError([
+      "FERRY_MONOK8S_NAMESPACES: required with FERRY_MONOK8S_TRUST=true: the namespaces whose OSUpgrades may have their catalogs re-signed (not every namespace)",
+    ]);
   const id = c.id || `${hostname()}-${process.pid}-${Math.random().toString(36).slice(2, 6)}`;
   return { ...c, id, security: loadGrpcSecurity(env) };
 }

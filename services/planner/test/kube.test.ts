@@ -14,6 +14,7 @@ import { FakeKube, tempDir, waitFor } from "@ferry/testing";
 import { CORDONED_BY, KubeGates, LABEL_BOOTED_SLOT, LABEL_OS_VERSION, loadKubeConfig } from "../src/adapters/kube-gates.ts";
 import type { SimFleet } from "@ferry/node-daemon/sim";
 import { boards, Site } from "./harness.ts";
+import { loadConfig as plannerConfig } from "../src/config.ts";
 
 /** The fake cluster's kubelets report the version each simulated board runs. */
 function followKubelets(kube: FakeKube, fleet: SimFleet): Disposable {
@@ -206,7 +207,7 @@ describe("OSUpgrade objects", () => {
 });
 
 describe("monok8s OSUpgrades", () => {
-  async function setup(trust: boolean) {
+  async function setup(trust: boolean, namespace = "edge-site") {
     const site = await Site.start({ siteKey: true });
     const kube = await FakeKube.start();
     const fleet = await site.fleet(boards(2), { stepMs: 5 });
@@ -221,12 +222,12 @@ describe("monok8s OSUpgrades", () => {
     const { client } = await site.planner({
       FERRY_KUBECONFIG: kube.writeKubeconfig(site.dir.path),
       FERRY_OSUPGRADE_SYNC_MS: "200",
-      ...(trust ? { FERRY_MONOK8S_TRUST: "true", FERRY_MONOK8S_BOARD: "ls1046a" } : {}),
+      ...(trust ? { FERRY_MONOK8S_TRUST: "true", FERRY_MONOK8S_BOARD: "ls1046a", FERRY_MONOK8S_NAMESPACES: "edge-site,factory" } : {}),
     });
     kube.applyCustom("monok8s.io", "osupgrades", {
       apiVersion: "monok8s.io/v1alpha1",
       kind: "OSUpgrade",
-      metadata: { name: "edge" },
+      metadata: { name: "edge", namespace },
       spec: {
         version: "v1.33.9",
         nodeSelector: { "ferry.dev/board": "ls1046a" },
@@ -237,13 +238,14 @@ describe("monok8s OSUpgrades", () => {
     });
     const status = () =>
       (
-        kube.custom.get("monok8s.io/osupgrades/edge") as unknown as {
+        kube.custom.get(`monok8s.io/osupgrades/${namespace}/edge`) as unknown as {
           status: { phase?: string; conditions?: Array<{ type: string; status: string; reason: string; message: string }> };
         }
       ).status;
     return {
       client,
       status,
+      keyFile: site.plannerKey,
       async [Symbol.asyncDispose]() {
         kubelets[Symbol.dispose]();
         origin.close();
@@ -258,7 +260,16 @@ describe("monok8s OSUpgrades", () => {
     await waitFor(() => s.status().conditions?.[0]?.reason === "TrustRequired", { what: "the TrustRequired condition" });
     expect(s.status().conditions![0]).toMatchObject({ type: "Adopted", status: "False" });
     expect(s.status().conditions![0]!.message).toMatch(/FERRY_MONOK8S_TRUST=true/);
-    await expect(s.client.getUpgrade({ id: "m8s-edge" })).rejects.toThrow(/NOT_FOUND/);
+    await expect(s.client.getUpgrade({ id: "m8s-edge-site-edge" })).rejects.toThrow(/NOT_FOUND/);
+  });
+
+  it("with trust, still refuses an OSUpgrade from a namespace FERRY_MONOK8S_NAMESPACES does not list", async () => {
+    await using s = await setup(true, "tenant-a");
+    await waitFor(() => s.status().conditions?.[0]?.reason === "NamespaceNotTrusted", { what: "the NamespaceNotTrusted condition" });
+    expect(s.status().conditions![0]!.message).toMatch(/namespace tenant-a .*edge-site, factory/);
+    await expect(s.client.getUpgrade({ id: "m8s-tenant-a-edge" })).rejects.toThrow(/NOT_FOUND/);
+    // Trust without naming the namespaces is a configuration error.
+    expect(() => plannerConfig({ FERRY_MONOK8S_TRUST: "true", FERRY_PLANNER_KEY_FILE: s.keyFile })).toThrow(/FERRY_MONOK8S_NAMESPACES: required/);
   });
 
   it("with trust, imports the catalog re-signed by the site key and runs it", async () => {
@@ -267,7 +278,7 @@ describe("monok8s OSUpgrades", () => {
       throw new Error(`${err.message}: ${JSON.stringify(s.status())}`);
     });
     expect(s.status().conditions![0]).toMatchObject({ type: "Adopted", status: "True" });
-    const u = await s.client.getUpgrade({ id: "m8s-edge" });
+    const u = await s.client.getUpgrade({ id: "m8s-edge-site-edge" });
     expect(u.progress.map((g) => g.version)).toEqual(["v1.33.9", "v1.33.9"]);
   });
 });

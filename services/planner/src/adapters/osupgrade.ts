@@ -53,6 +53,9 @@ const phaseName = (p: planner.UpgradePhase) => {
   const s = planner.upgradePhaseToJSON(p).replace("UPGRADE_PHASE_", "");
   return s.charAt(0) + s.slice(1).toLowerCase();
 };
+/** The informer cache's key of an object: "<namespace>/<name>" ("/<name>" when cluster-scoped). */
+const cacheKey = (m: { name: string; namespace?: string }) => `${m.namespace ?? ""}/${m.name}`;
+
 /** The planner upgrade id of an OSUpgrade: "k8s-<name>" (monok8s ones: "m8s-<name>"). */
 export const upgradeIdFor = (name: string, prefix = "k8s") => `${prefix}-${name.replace(/[^a-z0-9-]/g, "-")}`.slice(0, 40).replace(/-+$/, "");
 
@@ -69,14 +72,21 @@ export class OSUpgradeController {
   #timer: NodeJS.Timeout | undefined;
   #busy = false;
   readonly #trustMonok8s: boolean;
+  readonly #monok8sNamespaces: ReadonlySet<string>;
 
-  /** `trustMonok8s`: adopt monok8s.io OSUpgrades, re-signing their inline catalogs (else they get a condition saying why not). */
-  constructor(kc: KubeConfig, ops: UpgradeOps, log: Logger, o: { trustMonok8s?: boolean } = {}) {
+  /**
+   * `trustMonok8s`: adopt monok8s.io OSUpgrades of `monok8sNamespaces` only, re-signing
+   * their inline catalogs (others get a condition saying why not): whoever may create one
+   * there can have images signed by the site key, so RBAC must keep that namespace to
+   * cluster admins.
+   */
+  constructor(kc: KubeConfig, ops: UpgradeOps, log: Logger, o: { trustMonok8s?: boolean; monok8sNamespaces?: string[] } = {}) {
     this.#api = kc.makeApiClient(CustomObjectsApi);
     this.#kc = kc;
     this.#ops = ops;
     this.#log = log.child({ component: "osupgrade" });
     this.#trustMonok8s = o.trustMonok8s ?? false;
+    this.#monok8sNamespaces = new Set(o.monok8sNamespaces ?? []);
   }
 
   start(intervalMs = 2000): void {
@@ -103,10 +113,10 @@ export class OSUpgradeController {
       try {
         const list = (await this.#api.listClusterCustomObject({ group, version: VERSION, plural: PLURAL })) as {
           metadata?: { resourceVersion?: string };
-          items: Array<{ metadata: { name: string } }>;
+          items: Array<{ metadata: { name: string; namespace?: string } }>;
         };
         cache.clear();
-        for (const o of list.items) cache.set(o.metadata.name, o);
+        for (const o of list.items) cache.set(cacheKey(o.metadata), o);
         rv = list.metadata?.resourceVersion ?? "";
         failures = 0;
         void this.sync();
@@ -124,15 +134,15 @@ export class OSUpgradeController {
             .watch(
               path,
               { resourceVersion: rv, allowWatchBookmarks: true, timeoutSeconds: 300 },
-              (type, obj: { code?: number; metadata?: { name: string; resourceVersion?: string } }) => {
+              (type, obj: { code?: number; metadata?: { name: string; namespace?: string; resourceVersion?: string } }) => {
                 if (type === "ERROR") {
                   if (obj.code === 410) expired = true;
                   return;
                 }
                 if (obj.metadata?.resourceVersion) rv = obj.metadata.resourceVersion;
                 if (type === "BOOKMARK" || !obj.metadata) return;
-                if (type === "DELETED") cache.delete(obj.metadata.name);
-                else cache.set(obj.metadata.name, obj as { metadata: { name: string } });
+                if (type === "DELETED") cache.delete(cacheKey(obj.metadata));
+                else cache.set(cacheKey(obj.metadata), obj as { metadata: { name: string } });
                 void this.sync();
               },
               () => done(expired),
@@ -176,7 +186,8 @@ export class OSUpgradeController {
   /** Adopts a monok8s.io OSUpgrade: its unsigned inline catalog needs the explicit trust choice. */
   async #adopt(o: Monok8sOSUpgrade): Promise<void> {
     const name = o.metadata.name;
-    const id = upgradeIdFor(name, "m8s");
+    const ns = o.metadata.namespace ?? "";
+    const id = upgradeIdFor(ns ? `${ns}-${name}` : name, "m8s");
     const where = { group: MONOK8S_GROUP, version: VERSION, plural: PLURAL, name };
     const setStatus = async (status: Record<string, unknown>) => {
       const key = JSON.stringify(status);
@@ -195,6 +206,11 @@ export class OSUpgradeController {
           return refuse(
             "TrustRequired",
             "spec.catalog.inline is unsigned; nothing runs until the planner is told to trust it (FERRY_MONOK8S_TRUST=true), which re-signs it with the catalog's site key",
+          );
+        if (!this.#monok8sNamespaces.has(ns))
+          return refuse(
+            "NamespaceNotTrusted",
+            `OSUpgrades ${ns ? `in namespace ${ns}` : "without a namespace"} are not trusted: only those in ${[...this.#monok8sNamespaces].join(", ")} (FERRY_MONOK8S_NAMESPACES) have their catalogs re-signed`,
           );
         try {
           await this.#ops.importMonok8s(o.spec.catalog.inline);
