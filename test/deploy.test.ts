@@ -11,6 +11,7 @@ import { createLogger } from "@ferry/runtime";
 import { FakeKube, repoRoot, tempDir, waitFor } from "@ferry/testing";
 import { KubeGates, loadKubeConfig } from "../services/planner/src/adapters/kube-gates.ts";
 import { OSUpgradeController } from "../services/planner/src/adapters/osupgrade.ts";
+import { SITE_SECRETS, WHOLE_SITE } from "../cli/src/commands/site-secrets.ts";
 
 type Doc = { apiVersion?: string; kind?: string; metadata?: { name?: string }; [k: string]: unknown };
 const k8s = join(repoRoot, "deploy/k8s");
@@ -74,11 +75,19 @@ describe("deploy/k8s", () => {
     }
   });
 
-  it("gives Kubernetes rights to the planner only, and exactly the ones its code uses", async () => {
+  it("gives Kubernetes rights to the planner only (and the site-init Job its Secrets), exactly the ones their code uses", async () => {
     const bindings = byKind("ClusterRoleBinding").concat(byKind("RoleBinding")) as Array<Doc & { subjects: Array<{ name: string }> }>;
-    expect(bindings.flatMap((b) => b.subjects.map((s) => s.name))).toEqual(["ferry-planner"]);
+    expect(bindings.flatMap((b) => b.subjects.map((s) => s.name)).sort()).toEqual(["ferry-planner", "ferry-site-init"]);
     for (const sa of byKind("ServiceAccount") as Array<Doc & { automountServiceAccountToken?: boolean }>)
-      if (sa.metadata!.name !== "ferry-planner") expect(sa.automountServiceAccountToken, sa.metadata!.name).toBe(false);
+      if (!["ferry-planner", "ferry-site-init"].includes(sa.metadata!.name!)) expect(sa.automountServiceAccountToken, sa.metadata!.name).toBe(false);
+    // site-init: create Secrets, read back only the whole-site one (a re-run reuses it).
+    const siteRole = byKind("Role").find((r) => r.metadata!.name === "ferry-site-init") as Doc & {
+      rules: Array<{ apiGroups: string[]; resources: string[]; verbs: string[]; resourceNames?: string[] }>;
+    };
+    expect(siteRole.rules).toEqual([
+      { apiGroups: [""], resources: ["secrets"], verbs: ["create"] },
+      { apiGroups: [""], resources: ["secrets"], resourceNames: [WHOLE_SITE], verbs: ["get"] },
+    ]);
 
     // Every call the gates make, against the fake API server.
     await using kube = await FakeKube.start();
@@ -158,6 +167,62 @@ describe("deploy/k8s", () => {
             rule.verbs.filter((v) => ["create", "update", "*"].includes(v)),
             r.metadata!.name,
           ).toEqual([]);
+  });
+
+  it("runs with authentication on: NATS includes the site's identities, every client has credentials, each pod mounts only its Secret", () => {
+    const conf = (byKind("ConfigMap").find((c) => c.metadata!.name === "nats-config") as Doc & { data: Record<string, string> }).data[
+      "nats-server.conf"
+    ]!;
+    expect(conf).toMatch(/^include "site\/nats-auth\.conf"$/m);
+    // Monitoring only on localhost (the probe runs in the pod), never on the pod's address.
+    expect(conf).toMatch(/^http: 127\.0\.0\.1:8222$/m);
+    expect(readFileSync(join(repoRoot, "deploy/nats/nats-server.conf"), "utf8")).toMatch(/^http: 127\.0\.0\.1:8222$/m);
+    type Pod = {
+      spec: {
+        template: {
+          spec: {
+            containers: Array<{
+              name: string;
+              env?: Array<{ name: string; value?: string }>;
+              volumeMounts?: Array<{ name: string; mountPath: string }>;
+            }>;
+            volumes?: Array<{ name: string; secret?: { secretName: string } }>;
+          };
+        };
+      };
+    };
+    const pods = base.filter((d) => ["Deployment", "DaemonSet", "StatefulSet", "Job"].includes(d.kind!)) as Array<Doc & Pod>;
+    const secretsOf = (name: string) =>
+      (pods.find((p) => p.metadata!.name === name)!.spec.template.spec.volumes ?? []).flatMap((v) => (v.secret ? [v.secret.secretName] : [])).sort();
+    expect(secretsOf("nats")).toEqual(["ferry-nats-auth"]);
+    expect(secretsOf("planner")).toEqual(["ferry-site"]);
+    expect(secretsOf("catalog")).toEqual(["ferry-catalog-creds", "ferry-keyring"]);
+    expect(secretsOf("node-daemon")).toEqual(["ferry-keyring", "ferry-node-creds"]);
+    expect(secretsOf("distributor")).toEqual([]);
+    // Every Secret a pod mounts is one the site-init Job makes, or the operator's keyring.
+    for (const p of pods) for (const s of secretsOf(p.metadata!.name!)) expect(s === "ferry-keyring" || s in SITE_SECRETS, s).toBe(true);
+    // Every NATS client names its credentials, in a file its Secret holds.
+    const env = (name: string) =>
+      Object.fromEntries((pods.find((p) => p.metadata!.name === name)!.spec.template.spec.containers[0]!.env ?? []).map((e) => [e.name, e.value]));
+    const holds = (secret: string, file: string) => {
+      const want = SITE_SECRETS[secret]!;
+      return want === "*" || want.includes(file);
+    };
+    expect(env("planner")).toMatchObject({
+      FERRY_NATS_CREDS: "/etc/ferry/site/planner.creds",
+      FERRY_NATS_SITE_DIR: "/etc/ferry/site",
+      FERRY_PLANNER_KEY_FILE: "/etc/ferry/site/planner.key",
+    });
+    expect(env("catalog").FERRY_NATS_CREDS).toBe("/etc/ferry/nats/catalog.creds");
+    expect(holds("ferry-catalog-creds", "catalog.creds")).toBe(true);
+    expect(env("node-daemon")).toMatchObject({
+      FERRY_NATS_JOIN_CREDS: "/etc/ferry/nats/join.creds",
+      FERRY_PLANNER_KEYS_FILE: "/etc/ferry/nats/planner.pub",
+    });
+    expect(holds("ferry-node-creds", "join.creds") && holds("ferry-node-creds", "planner.pub")).toBe(true);
+    // The Job runs the command that makes them.
+    const job = pods.find((p) => p.kind === "Job")!.spec.template.spec.containers[0] as unknown as { command: string[] };
+    expect(job.command).toEqual(["node", "cli/src/main.ts", "site", "init", "--dir", "/tmp/site", "--kube-secrets"]);
   });
 
   it("configures NATS the way Ferry needs it everywhere (JetStream, every write synced)", () => {

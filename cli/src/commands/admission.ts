@@ -9,6 +9,7 @@ import { fmtCreds } from "@nats-io/jwt";
 import { planner } from "@ferry/proto";
 import { SiteAuth } from "@ferry/messaging";
 import { table } from "../io.ts";
+import { kubeNamespace, readSiteSecret, SITE_SECRETS, WHOLE_SITE, writeSiteSecrets } from "./site-secrets.ts";
 import { using, type Ctx } from "./clients.ts";
 
 const state = (s: planner.AdmissionState) => planner.admissionStateToJSON(s).replace("ADMISSION_STATE_", "").toLowerCase();
@@ -72,12 +73,23 @@ export function registerAdmissionCommands(nodes: Command, program: Command, ctx:
       "create the site's identities: NATS (operator, accounts, component credentials, nats-server include) and the planner's assignment key (planner.key, planner.pub for the boards' keyring); keeps what exists",
     )
     .requiredOption("--dir <dir>", "directory to write (keep it secret: it holds the site's seeds)")
-    .action(async (o: { dir: string }) => {
+    .option(
+      "--kube-secrets [namespace]",
+      `also keep them as Kubernetes Secrets, each component only its own (${Object.keys(SITE_SECRETS).join(", ")}); an existing ${WHOLE_SITE} is reused`,
+    )
+    .action(async (o: { dir: string; kubeSecrets?: string | true }) => {
+      const namespace = o.kubeSecrets === undefined ? undefined : kubeNamespace(o.kubeSecrets === true ? undefined : o.kubeSecrets);
+      const reused = namespace !== undefined && (await readSiteSecret(o.dir, namespace));
       const site = await SiteAuth.init(o.dir);
       const planner = ensurePlannerKey(o.dir);
+      const secrets = namespace !== undefined ? await writeSiteSecrets(o.dir, namespace) : undefined;
       ctx.print(
-        { dir: o.dir, account: site.account, plannerKeyId: planner.keyId },
-        () => `site identities in ${o.dir} (NATS account ${site.account}, planner key ${planner.keyId})\n`,
+        { dir: o.dir, account: site.account, plannerKeyId: planner.keyId, ...(secrets ? { namespace, reused, ...secrets } : {}) },
+        () =>
+          `site identities in ${o.dir} (NATS account ${site.account}, planner key ${planner.keyId})\n` +
+          (secrets
+            ? `Secrets in ${namespace}: ${reused ? `reused ${WHOLE_SITE}; ` : ""}created ${secrets.created.join(", ") || "none"}; kept ${secrets.kept.join(", ") || "none"}\n`
+            : ""),
       );
     });
 }

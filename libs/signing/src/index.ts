@@ -121,6 +121,23 @@ export function parseKeyringJson(text: string): Keyring {
   return createKeyring(d.keys, typeof d.threshold === "number" ? d.threshold : NaN, d.planner ?? []);
 }
 
+/**
+ * Adds planner public keys (one or more PEM blocks, e.g. `ferry site init`'s planner.pub) to
+ * a keyring's planner role, for sites that keep the site's planner key apart from the
+ * release keyring.
+ */
+export function withPlannerKeys(keyring: Keyring, pemText: string): Keyring {
+  const pems = pemText.match(/-----BEGIN PUBLIC KEY-----[\s\S]*?-----END PUBLIC KEY-----/g) ?? [];
+  if (pems.length === 0) throw new SignatureError("KEYRING_INVALID", "no PEM public key in the planner keys file");
+  return mergePlanner(keyring, keyMap(pems));
+}
+
+function mergePlanner(keyring: Keyring, add: Map<string, KeyObject>): Keyring {
+  for (const id of add.keys())
+    if (keyring.keys.has(id)) throw new SignatureError("KEYRING_INVALID", `key ${id} is both a release key and a planner key; give each role its own`);
+  return { ...keyring, planner: new Map([...keyring.planner, ...add]) };
+}
+
 export function formatKeyringJson(publicPems: string[], threshold: number, plannerPems: string[] = []): string {
   return `${JSON.stringify({ threshold, keys: publicPems, ...(plannerPems.length ? { planner: plannerPems } : {}) }, null, 2)}\n`;
 }

@@ -13,6 +13,7 @@ import {
   markAfter,
   markOf,
   signAssignment,
+  withPlannerKeys,
   type AssignmentMark,
 } from "../src/index.ts";
 
@@ -120,7 +121,13 @@ describe("signed assignments", () => {
     );
   });
 
-  it("keeps the roles of a keyring apart", () => {
+  it("keeps the roles of a keyring apart, and takes planner keys from a separate PEM file", () => {
     expect(() => createKeyring([release.publicPem], 1, [release.publicPem])).toThrow(/both a release key and a planner key/);
+    const releaseOnly = createKeyring([release.publicPem], 1);
+    const both = withPlannerKeys(releaseOnly, `${plannerPair.publicPem}\n${rotated.publicPem}`);
+    expect(both.planner.size).toBe(2);
+    expect(acceptAssignment(signAssignment(base(), planner), both, facts()).upgradeId).toBe("u1");
+    expect(() => withPlannerKeys(releaseOnly, release.publicPem)).toThrow(/both a release key and a planner key/);
+    expect(() => withPlannerKeys(releaseOnly, "not a key")).toThrow(/no PEM public key/);
   });
 });

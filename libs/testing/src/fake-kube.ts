@@ -8,6 +8,7 @@
 //   ReplicaSet, replaced on another schedulable node after `rescheduleMs` — Pending until
 //   one is schedulable — as its controller and the scheduler would),
 //   POST /api/v1/namespaces/{ns}/events (kept in `events`),
+//   GET/POST /api/v1/namespaces/{ns}/secrets[/{name}] (kept in `secrets`; 409 when it exists),
 //   and an outage (the listener closes and connections are cut, then it comes back on the
 //   same port). Errors are metav1.Status bodies. Anything else answers 404.
 import { writeFileSync } from "node:fs";
@@ -75,6 +76,8 @@ export class FakeKube implements AsyncDisposable {
   readonly watches: Array<{ prefix: string; from: number }> = [];
   /** core/v1 Events created. */
   readonly events: Json[] = [];
+  /** Secrets by "<namespace>/<name>" (created by `ferry site init --kube-secrets`). */
+  readonly secrets = new Map<string, Json & { metadata: { name: string }; data?: Record<string, string> }>();
   evictions = 0;
   tooManyRequests = 0;
   rescheduleMs = 200;
@@ -224,8 +227,8 @@ export class FakeKube implements AsyncDisposable {
     res.end(JSON.stringify({ kind: "Status", apiVersion: "v1", status: "Failure", reason, message, code }));
   }
 
-  #json(res: ServerResponse, body: unknown): void {
-    res.writeHead(200, { "content-type": "application/json" });
+  #json(res: ServerResponse, body: unknown, status = 200): void {
+    res.writeHead(status, { "content-type": "application/json" });
     res.end(JSON.stringify(body));
   }
 
@@ -288,6 +291,20 @@ export class FakeKube implements AsyncDisposable {
           this.#changed(key, "MODIFIED", next);
         }
         return this.#json(res, next);
+      }
+    }
+    if ((m = /^\/api\/v1\/namespaces\/([^/]+)\/secrets(?:\/([^/]+))?$/.exec(url.pathname))) {
+      const [, ns, name] = m as unknown as [string, string, string | undefined];
+      if (req.method === "GET" && name) {
+        const sec = this.secrets.get(`${ns}/${name}`);
+        return sec ? this.#json(res, sec) : this.#status(res, 404, "NotFound", `secrets "${name}" not found`);
+      }
+      if (req.method === "POST" && !name) {
+        const body = JSON.parse(raw) as Json & { metadata: { name: string } };
+        if (this.secrets.has(`${ns}/${body.metadata.name}`)) return this.#status(res, 409, "AlreadyExists", `secrets "${body.metadata.name}" already exists`);
+        const sec = { apiVersion: "v1", kind: "Secret", ...body, metadata: { ...body.metadata, namespace: ns, resourceVersion: String(++this.#rv) } };
+        this.secrets.set(`${ns}/${body.metadata.name}`, sec);
+        return this.#json(res, sec, 201);
       }
     }
     if (req.method === "POST" && /^\/api\/v1\/namespaces\/[^/]+\/events$/.test(url.pathname)) {

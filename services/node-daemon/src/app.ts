@@ -11,7 +11,7 @@ import { node as nodepb, type events } from "@ferry/proto";
 import { GrpcServer } from "@ferry/grpc";
 import { isVersion } from "@ferry/release";
 import { AtomicJsonFile, type App, type Logger } from "@ferry/runtime";
-import { parseKeyringJson } from "@ferry/signing";
+import { withPlannerKeys, parseKeyringJson } from "@ferry/signing";
 import { boardCredentials } from "./adapters/admission.ts";
 import { NatsLink } from "./adapters/nats-link.ts";
 import { Outbox } from "./adapters/outbox.ts";
@@ -59,7 +59,8 @@ export async function runningOsVersion(config: Pick<Config, "osVersion" | "osRel
 }
 
 export function createApp(config: Config, logger: Logger, over: DaemonOverrides = {}): DaemonApp {
-  const keyring = parseKeyringJson(readFileSync(config.keyringFile!, "utf8"));
+  const releaseRing = parseKeyringJson(readFileSync(config.keyringFile!, "utf8"));
+  const keyring = config.plannerKeysFile ? withPlannerKeys(releaseRing, readFileSync(config.plannerKeysFile, "utf8")) : releaseRing;
   const outbox = new Outbox(config.dataDir, config.node);
   let metrics: StepMetrics | undefined;
   if (config.metricsTextfile !== "off") {

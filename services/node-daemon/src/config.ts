@@ -23,7 +23,11 @@ const vars = {
   ),
   grpcAddr: v.addr("FERRY_GRPC_ADDR", "local NodeService listen address", "127.0.0.1:7404"),
   logLevel: v.enumOf("FERRY_LOG_LEVEL", "log level", LOG_LEVELS, "info"),
-  keyringFile: v.file("FERRY_KEYRING_FILE", "keyring JSON of the release signers this node trusts", false),
+  keyringFile: v.file("FERRY_KEYRING_FILE", "keyring JSON of the release signers this node trusts (and the planner's assignment keys)", false),
+  plannerKeysFile: v.file(
+    "FERRY_PLANNER_KEYS_FILE",
+    "PEM public key(s) of the planner's assignment key (`ferry site init`'s planner.pub), added to the keyring's planner keys",
+  ),
   distributorUrl: v.string("FERRY_DISTRIBUTOR_URL", "base URL of the site image-distributor (http://host:7480)", ""),
   slotA: v.string("FERRY_SLOT_A", "path of slot A (partition or file)"),
   slotB: v.string("FERRY_SLOT_B", "path of slot B (partition or file)"),
