@@ -18,8 +18,11 @@ describe("ferry site init --kube-secrets", () => {
     const env = { PATH: process.env.PATH ?? "", KUBECONFIG: kube.writeKubeconfig(dir.path) };
     const init = async (d: string) =>
       JSON.parse(
-        (await exec(process.execPath, [join(repoRoot, "cli/src/main.ts"), "--json", "site", "init", "--dir", d, "--kube-secrets", "ferry-system"], { env }))
-          .stdout,
+        (
+          await exec(process.execPath, [join(repoRoot, "cli/src/main.ts"), "--json", "site", "init", "--dir", d, "--kube-secrets", "ferry-system"], {
+            env,
+          })
+        ).stdout,
       ) as { reused: boolean; created: string[]; kept: string[]; plannerKeyId: string; account: string };
 
     const first = await init(join(dir.path, "a"));
@@ -32,7 +35,10 @@ describe("ferry site init --kube-secrets", () => {
     expect(keys("ferry-cli-creds")).toEqual(["cli.creds"]);
     expect(keys("ferry-site")).toEqual(expect.arrayContaining(["planner.key", "planner.creds", "system.creds", "nats-auth.conf"]));
     for (const name of ["ferry-nats-auth", "ferry-catalog-creds", "ferry-node-creds", "ferry-cli-creds"]) {
-      expect(keys(name).some((k) => k.endsWith(".nk") || k === "planner.key"), name).toBe(false);
+      expect(
+        keys(name).some((k) => k.endsWith(".nk") || k === "planner.key"),
+        name,
+      ).toBe(false);
     }
 
     const second = await init(join(dir.path, "b"));

@@ -134,7 +134,8 @@ export function withPlannerKeys(keyring: Keyring, pemText: string): Keyring {
 
 function mergePlanner(keyring: Keyring, add: Map<string, KeyObject>): Keyring {
   for (const id of add.keys())
-    if (keyring.keys.has(id)) throw new SignatureError("KEYRING_INVALID", `key ${id} is both a release key and a planner key; give each role its own`);
+    if (keyring.keys.has(id))
+      throw new SignatureError("KEYRING_INVALID", `key ${id} is both a release key and a planner key; give each role its own`);
   return { ...keyring, planner: new Map([...keyring.planner, ...add]) };
 }
 

@@ -301,7 +301,8 @@ export class FakeKube implements AsyncDisposable {
       }
       if (req.method === "POST" && !name) {
         const body = JSON.parse(raw) as Json & { metadata: { name: string } };
-        if (this.secrets.has(`${ns}/${body.metadata.name}`)) return this.#status(res, 409, "AlreadyExists", `secrets "${body.metadata.name}" already exists`);
+        if (this.secrets.has(`${ns}/${body.metadata.name}`))
+          return this.#status(res, 409, "AlreadyExists", `secrets "${body.metadata.name}" already exists`);
         const sec = { apiVersion: "v1", kind: "Secret", ...body, metadata: { ...body.metadata, namespace: ns, resourceVersion: String(++this.#rv) } };
         this.secrets.set(`${ns}/${body.metadata.name}`, sec);
         return this.#json(res, sec, 201);
