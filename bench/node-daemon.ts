@@ -11,7 +11,7 @@
 // mark: nothing between samples is missed). Ends with one JSON line.
 import { execFileSync, spawn } from "node:child_process";
 import { createHash, randomBytes } from "node:crypto";
-import { createReadStream, createWriteStream, mkdirSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
+import { createReadStream, createWriteStream, existsSync, mkdirSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { parseArgs } from "node:util";
 import { events, node as nodepb } from "@ferry/proto";
@@ -142,7 +142,11 @@ async function main() {
       },
     });
     const exited = new Promise<void>((r) => daemon.once("exit", () => r()));
-    const client = createClient(nodepb.NodeServiceService, `127.0.0.1:${port}`);
+    // The board's own credential appears at start (<data>/grpc.token).
+    await waitFor(() => existsSync(join(dir, "data", "grpc.token")), { timeoutMs: 30_000 });
+    const client = createClient(nodepb.NodeServiceService, `127.0.0.1:${port}`, {
+      token: readFileSync(join(dir, "data", "grpc.token"), "utf8").trim(),
+    });
     try {
       await waitFor(
         () =>

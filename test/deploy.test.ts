@@ -198,7 +198,7 @@ describe("deploy/k8s", () => {
     expect(secretsOf("planner")).toEqual(["ferry-site"]);
     expect(secretsOf("catalog")).toEqual(["ferry-catalog-creds", "ferry-keyring"]);
     expect(secretsOf("node-daemon")).toEqual(["ferry-keyring", "ferry-node-creds"]);
-    expect(secretsOf("distributor")).toEqual([]);
+    expect(secretsOf("distributor")).toEqual(["ferry-distributor-creds"]);
     // Every Secret a pod mounts is one the site-init Job makes, or the operator's keyring.
     for (const p of pods) for (const s of secretsOf(p.metadata!.name!)) expect(s === "ferry-keyring" || s in SITE_SECRETS, s).toBe(true);
     // Every NATS client names its credentials, in a file its Secret holds.
@@ -214,6 +214,8 @@ describe("deploy/k8s", () => {
       FERRY_PLANNER_KEY_FILE: "/etc/ferry/site/planner.key",
     });
     expect(env("catalog").FERRY_NATS_CREDS).toBe("/etc/ferry/nats/catalog.creds");
+    expect(env("distributor").FERRY_NATS_CREDS).toBe("/etc/ferry/nats/distributor.creds");
+    expect(holds("ferry-distributor-creds", "distributor.creds")).toBe(true);
     expect(holds("ferry-catalog-creds", "catalog.creds")).toBe(true);
     expect(env("node-daemon")).toMatchObject({
       FERRY_NATS_JOIN_CREDS: "/etc/ferry/nats/join.creds",

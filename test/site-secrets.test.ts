@@ -27,14 +27,21 @@ describe("ferry site init --kube-secrets", () => {
 
     const first = await init(join(dir.path, "a"));
     expect(first.reused).toBe(false);
-    expect(first.created.sort()).toEqual(["ferry-catalog-creds", "ferry-cli-creds", "ferry-nats-auth", "ferry-node-creds", "ferry-site"]);
+    expect(first.created.sort()).toEqual([
+      "ferry-catalog-creds",
+      "ferry-cli-creds",
+      "ferry-distributor-creds",
+      "ferry-nats-auth",
+      "ferry-node-creds",
+      "ferry-site",
+    ]);
     const keys = (name: string) => Object.keys((kube.secrets.get(`ferry-system/${name}`)?.data ?? {}) as Record<string, string>).sort();
     expect(keys("ferry-nats-auth")).toEqual(["nats-auth.conf"]);
     expect(keys("ferry-catalog-creds")).toEqual(["catalog.creds"]);
     expect(keys("ferry-node-creds")).toEqual(["join.creds", "planner.pub"]);
     expect(keys("ferry-cli-creds")).toEqual(["cli.creds"]);
     expect(keys("ferry-site")).toEqual(expect.arrayContaining(["planner.key", "planner.creds", "system.creds", "nats-auth.conf"]));
-    for (const name of ["ferry-nats-auth", "ferry-catalog-creds", "ferry-node-creds", "ferry-cli-creds"]) {
+    for (const name of ["ferry-nats-auth", "ferry-catalog-creds", "ferry-distributor-creds", "ferry-node-creds", "ferry-cli-creds"]) {
       expect(
         keys(name).some((k) => k.endsWith(".nk") || k === "planner.key"),
         name,
@@ -43,7 +50,7 @@ describe("ferry site init --kube-secrets", () => {
 
     const second = await init(join(dir.path, "b"));
     expect(second).toMatchObject({ reused: true, created: [], plannerKeyId: first.plannerKeyId, account: first.account });
-    expect(second.kept).toHaveLength(5);
+    expect(second.kept).toHaveLength(6);
     expect(readFileSync(join(dir.path, "b", "planner.key"), "utf8")).toBe(readFileSync(join(dir.path, "a", "planner.key"), "utf8"));
   });
 });

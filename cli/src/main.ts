@@ -9,6 +9,7 @@ import { createClient, GrpcCallError, loadClientOptions } from "@ferry/grpc";
 import { ConfigError, FerryError } from "@ferry/runtime";
 import { encodeManifest, measureImage, MANIFEST_TYPE, parseManifest } from "@ferry/release";
 import { addSignatures, formatKeyringJson, generateKeyPair, loadPublicKey, parseKeyringJson, signEnvelope } from "@ferry/signing";
+import { registerAuditCommands } from "./commands/audit.ts";
 import { registerFleetCommands } from "./commands/fleet.ts";
 import { CliError, envelopeJson, humanBytes, isEnvelopeFile, readEnvelope, readKeys, readText, table, writeOut } from "./io.ts";
 
@@ -316,11 +317,13 @@ program
     });
   });
 
-registerFleetCommands(program, {
+const ctx = {
   print,
   addrs: () => globals(),
-  int: (name) => (v) => parseIntArg(v, name),
-});
+  int: (name: string) => (v: string) => parseIntArg(v, name),
+};
+registerFleetCommands(program, ctx);
+registerAuditCommands(program, ctx);
 
 function parseIntArg(v: string, name: string): number {
   if (!/^\d+$/.test(v)) throw new InvalidArgumentError(`${name} must be a whole number`);

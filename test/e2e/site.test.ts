@@ -158,6 +158,12 @@ describe("a site from deploy/docker-compose.yml", () => {
         await waitFor(async () => (await seen()) > frozen, { timeoutMs: 60_000, what: "worker-4 to heartbeat again" });
         const bad = await s.ferry("nodes", "admit", "No_Such/Board");
         expect(bad.stderr).toMatch(/INVALID_ARGUMENT.*not a node name/);
+        // Each of those calls is in the audit trail, the refused one too.
+        const audit = JSON.parse((await s.ferry("--json", "audit", "ls", "--service", "planner", "--since", "1h")).stdout) as {
+          records: Array<{ method: string; code: string; principal: string }>;
+        };
+        const calls = audit.records.map((r) => `${r.method.split("/")[2]} ${r.code}`);
+        expect(calls).toEqual(expect.arrayContaining(["RevokeNode OK", "AdmitNode OK", "AdmitNode INVALID_ARGUMENT"]));
       });
     },
   );

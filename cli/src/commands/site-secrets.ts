@@ -13,6 +13,7 @@ export const SITE_SECRETS: Record<string, readonly string[] | "*"> = {
   // nats-server: the operator, accounts and resolver (no seeds).
   "ferry-nats-auth": ["nats-auth.conf"],
   "ferry-catalog-creds": ["catalog.creds"],
+  "ferry-distributor-creds": ["distributor.creds"],
   // Boards: the join credentials (each then gets its own) and the planner's public key.
   "ferry-node-creds": ["join.creds", "planner.pub"],
   "ferry-cli-creds": ["cli.creds"],

@@ -1,8 +1,8 @@
 // The gRPC server every Ferry service uses: async handlers (unary, server-, client- and
 // bidi-streaming) with an AbortSignal, one error→status mapping, default deadlines,
-// message size limits, optional TLS/mTLS with a private CA and bearer-token auth,
+// message size limits, optional TLS/mTLS with a private CA, callers' roles per method
+// (authz.ts) and an audit record of every call that changes something (audit.ts),
 // grpc.health.v1 and server reflection (v1 and v1alpha) from the real descriptors.
-import { timingSafeEqual } from "node:crypto";
 import {
   Server,
   ServerCredentials,
@@ -21,6 +21,8 @@ import type { Logger } from "@ferry/runtime";
 import { HealthStatus } from "./health.ts";
 import { ReflectionIndex } from "./reflection.ts";
 import { StatusError, toStatus } from "./status.ts";
+import { Authorizer, allows, type MethodRoles, type Need, type PrincipalSpec } from "./authz.ts";
+import { summarize, type AuditRecord } from "./audit.ts";
 
 export interface CallContext {
   /** Aborted when the client cancels, the deadline passes or the server shuts down. */
@@ -70,8 +72,15 @@ export interface GrpcServerOptions {
   /** host:port; port 0 picks a free port (see `port` after start). */
   address: string;
   tls?: TlsOptions | undefined;
-  /** When set, every call except health checks must carry `authorization: Bearer <token>`. */
+  /** A single bearer token (an admin); `principals` gives each caller its own roles. */
   token?: string | undefined;
+  /**
+   * Callers and their roles (FERRY_GRPC_ROLES). With none and no token, every caller may do
+   * everything (an open server: a loopback-only board or a demo).
+   */
+  principals?: readonly PrincipalSpec[] | undefined;
+  /** Called after each call of a method that needs more than `viewer` (and each refused call). */
+  audit?: (r: AuditRecord) => void;
   /** Deadline applied to unary and client-streaming calls that set none or a longer one. */
   defaultDeadlineMs?: number;
   maxReceiveMessageBytes?: number;
@@ -88,8 +97,6 @@ export const DEFAULTS = {
   maxSendMessageBytes: 16 * 1024 * 1024,
 };
 
-const HEALTH_PREFIX = "/grpc.health.v1.Health/";
-
 export class GrpcServer {
   readonly health: HealthStatus;
   #server: Server;
@@ -97,9 +104,13 @@ export class GrpcServer {
   #services: string[] = [];
   #shutdown = new AbortController();
   #port = 0;
+  readonly #authz: Authorizer;
+  /** Method path → the role it needs (health and reflection: none). */
+  readonly #roles = new Map<string, Need>();
 
   constructor(opts: GrpcServerOptions) {
     this.#opts = opts;
+    this.#authz = new Authorizer(opts.principals ?? [], opts.token);
     this.#server = new Server({
       "grpc.max_receive_message_length": opts.maxReceiveMessageBytes ?? DEFAULTS.maxReceiveMessageBytes,
       "grpc.max_send_message_length": opts.maxSendMessageBytes ?? DEFAULTS.maxSendMessageBytes,
@@ -120,11 +131,19 @@ export class GrpcServer {
     }
   }
 
-  /** Registers a service; its health status starts NOT_SERVING until `health.set(true)`. */
-  add<D extends Record<string, AnyMethod>>(definition: D, impl: Implementation<D>): this {
+  /**
+   * Registers a service with the role each of its methods needs; its health status starts
+   * NOT_SERVING until `health.set(true)`.
+   */
+  add<D extends Record<string, AnyMethod>>(definition: D, impl: Implementation<D>, roles: { readonly [K in keyof D]: Need }): this {
     const first = Object.values(definition)[0];
     if (!first) throw new Error("service definition has no methods");
     const name = first.path.split("/")[1] ?? "";
+    for (const [key, method] of Object.entries(definition)) {
+      const role = (roles as MethodRoles)[key];
+      if (!role) throw new Error(`${name}: no role for ${key}`);
+      this.#roles.set(method.path, role);
+    }
     this.#addRaw(definition, impl, name);
     this.health.set(false, name);
     return this;
@@ -182,15 +201,38 @@ export class GrpcServer {
     if (!name.startsWith("grpc.")) this.#services.push(name);
   }
 
-  #authorize(method: string, metadata: Metadata): void {
-    const token = this.#opts.token;
-    if (!token || method.startsWith(HEALTH_PREFIX)) return;
-    const header = metadata.get("authorization")[0];
-    const given = typeof header === "string" ? /^Bearer (.+)$/.exec(header)?.[1] : undefined;
-    if (!given) throw new StatusError(status.UNAUTHENTICATED, "missing bearer token (metadata authorization: Bearer <token>)");
-    const a = Buffer.from(given);
-    const b = Buffer.from(token);
-    if (a.length !== b.length || !timingSafeEqual(a, b)) throw new StatusError(status.UNAUTHENTICATED, "invalid bearer token");
+  /**
+   * Identifies the caller and checks the method's role; returns what ends the call's audit
+   * record (for methods that need more than `viewer`). A refusal is audited too.
+   */
+  #authorize(path: string, call: CallLike, request: unknown): ((code: string) => void) | undefined {
+    const need = this.#roles.get(path);
+    if (need === undefined || need === "public") return undefined; // health, reflection, and what a service makes public
+    const cn = certCnOf(call);
+    const who = this.#authz.identify(call.metadata, cn);
+    const started = Date.now();
+    const record = (principal: string, code: string) =>
+      this.#opts.audit?.({
+        time: new Date(started),
+        method: path,
+        principal,
+        peer: call.getPeer(),
+        request: summarize(request),
+        code,
+        ms: Date.now() - started,
+      });
+    if ("kind" in who) {
+      if (need !== "viewer") record(cn ? `cert:${cn}` : "unknown", "UNAUTHENTICATED");
+      throw new StatusError(status.UNAUTHENTICATED, who.message);
+    }
+    if (!allows(who.roles, need)) {
+      record(who.name, "PERMISSION_DENIED");
+      throw new StatusError(
+        status.PERMISSION_DENIED,
+        `${who.name} (${who.roles.join(", ")}) may not call ${path.split("/")[2]}: it needs the ${need} role`,
+      );
+    }
+    return need === "viewer" ? undefined : (code) => record(who.name, code);
   }
 
   /** Builds the call context: signal aborted on cancel, deadline or shutdown. */
@@ -219,11 +261,12 @@ export class GrpcServer {
     };
   }
 
-  #fail(method: string, err: unknown, signal: AbortSignal) {
+  #fail(method: string, err: unknown, signal: AbortSignal, end?: (code: string) => void) {
     // An aborted call reports why it was aborted, not what the handler threw while unwinding.
     const cause = signal.aborted && signal.reason instanceof StatusError ? signal.reason : err;
     const mapped = toStatus(cause);
     this.#opts.onCall?.(method, status[mapped.error.code] ?? String(mapped.error.code));
+    end?.(status[mapped.error.code] ?? String(mapped.error.code));
     if (mapped.unexpected) this.#opts.logger.error({ err: cause, method }, "unexpected error in handler");
     else this.#opts.logger.debug({ method, code: status[mapped.error.code], details: mapped.error.details }, "call failed");
     return mapped.error;
@@ -234,14 +277,16 @@ export class GrpcServer {
     if (!method.requestStream && !method.responseStream) {
       return (call: ServerUnaryCall<unknown, unknown>, cb: sendUnaryData<unknown>) => {
         const { ctx, done } = this.#context(call, method);
+        let end: ((code: string) => void) | undefined;
         void (async () => {
           try {
-            this.#authorize(path, call.metadata);
+            end = this.#authorize(path, call, call.request);
             const res = await race(handler(call.request, ctx) as Promise<unknown>, ctx.signal);
             cb(null, res);
             this.#opts.onCall?.(path, "OK");
+            end?.("OK");
           } catch (err) {
-            cb(this.#fail(path, err, ctx.signal));
+            cb(this.#fail(path, err, ctx.signal, end));
           } finally {
             done();
           }
@@ -251,9 +296,10 @@ export class GrpcServer {
     if (!method.requestStream && method.responseStream) {
       return (call: ServerWritableStream<unknown, unknown>) => {
         const { ctx, done } = this.#context(call, method);
+        let end: ((code: string) => void) | undefined;
         void (async () => {
           try {
-            this.#authorize(path, call.metadata);
+            end = this.#authorize(path, call, call.request);
             for await (const item of handler(call.request, ctx) as AsyncIterable<unknown>) {
               if (ctx.signal.aborted) break;
               if (!call.write(item)) await waitDrain(call, ctx.signal);
@@ -261,8 +307,9 @@ export class GrpcServer {
             if (ctx.signal.aborted) throw ctx.signal.reason;
             call.end();
             this.#opts.onCall?.(path, "OK");
+            end?.("OK");
           } catch (err) {
-            if (!call.cancelled) call.emit("error", this.#fail(path, err, ctx.signal));
+            if (!call.cancelled) call.emit("error", this.#fail(path, err, ctx.signal, end));
           } finally {
             done();
           }
@@ -272,14 +319,16 @@ export class GrpcServer {
     if (method.requestStream && !method.responseStream) {
       return (call: ServerReadableStream<unknown, unknown>, cb: sendUnaryData<unknown>) => {
         const { ctx, done } = this.#context(call, method);
+        let end: ((code: string) => void) | undefined;
         void (async () => {
           try {
-            this.#authorize(path, call.metadata);
+            end = this.#authorize(path, call, undefined);
             const res = await race(handler(call as AsyncIterable<unknown>, ctx) as Promise<unknown>, ctx.signal);
             cb(null, res);
             this.#opts.onCall?.(path, "OK");
+            end?.("OK");
           } catch (err) {
-            cb(this.#fail(path, err, ctx.signal));
+            cb(this.#fail(path, err, ctx.signal, end));
           } finally {
             done();
           }
@@ -288,9 +337,10 @@ export class GrpcServer {
     }
     return (call: ServerDuplexStream<unknown, unknown>) => {
       const { ctx, done } = this.#context(call, method);
+      let end: ((code: string) => void) | undefined;
       void (async () => {
         try {
-          this.#authorize(path, call.metadata);
+          end = this.#authorize(path, call, undefined);
           for await (const item of handler(call as AsyncIterable<unknown>, ctx) as AsyncIterable<unknown>) {
             if (ctx.signal.aborted) break;
             if (!call.write(item)) await waitDrain(call, ctx.signal);
@@ -298,14 +348,23 @@ export class GrpcServer {
           if (ctx.signal.aborted) throw ctx.signal.reason;
           call.end();
           this.#opts.onCall?.(path, "OK");
+          end?.("OK");
         } catch (err) {
-          if (!call.cancelled) call.emit("error", this.#fail(path, err, ctx.signal));
+          if (!call.cancelled) call.emit("error", this.#fail(path, err, ctx.signal, end));
         } finally {
           done();
         }
       })();
     };
   }
+}
+
+type CallLike = { metadata: Metadata; getPeer(): string; getAuthContext?(): { sslPeerCertificate?: { subject?: { CN?: string | string[] } } } };
+
+/** The subject CN of the client's verified certificate (mTLS), if any. */
+function certCnOf(call: CallLike): string | undefined {
+  const cn = call.getAuthContext?.()?.sslPeerCertificate?.subject?.CN;
+  return Array.isArray(cn) ? cn[0] : cn;
 }
 
 /** Rejects with the signal's reason as soon as it aborts, even if the handler ignores it. */

@@ -11,6 +11,8 @@ import { tempDir, waitFor } from "@ferry/testing";
 import { Client, credentials, Metadata } from "@grpc/grpc-js";
 
 const DEF = distributor.DistributorServiceService;
+/** Every method needs only `viewer` here (tests of roles: authz.test.ts). */
+const VIEW = Object.fromEntries(Object.keys(DEF).map((k) => [k, "viewer" as const])) as { [K in keyof typeof DEF]: "viewer" };
 const blob = (digest: string, size = 0): distributor.Blob => ({
   digest,
   size,
@@ -95,7 +97,7 @@ async function startServer(extra: Partial<GrpcServerOptions> = {}) {
   const logger = pino({ level: "silent" });
   logger.error = ((..._a: unknown[]) => void (t.seen.internalLogged += 1)) as typeof logger.error;
   const server = new GrpcServer({ logger, address: "127.0.0.1:0", defaultDeadlineMs: 300, maxReceiveMessageBytes: 64 * 1024, ...extra });
-  server.add(DEF, t.impl);
+  server.add(DEF, t.impl, VIEW);
   const port = await server.start();
   server.health.set(true);
   return { server, port, seen: t.seen };
@@ -280,7 +282,7 @@ describe("GrpcServer security", () => {
     const none = createClient(DEF, addr);
     const wrong = createClient(DEF, addr, { token: "nope" });
     const right = createClient(DEF, addr, { token: "s3cret" });
-    await expectCode(none.statBlob({ digest: "a" }), status.UNAUTHENTICATED, /missing bearer token/);
+    await expectCode(none.statBlob({ digest: "a" }), status.UNAUTHENTICATED, /missing credentials/);
     await expectCode(wrong.statBlob({ digest: "a" }), status.UNAUTHENTICATED, /invalid bearer token/);
     expect((await right.statBlob({ digest: "a" })).size).toBe(42);
     const h = createClient(health.HealthService, addr);

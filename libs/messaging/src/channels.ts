@@ -10,10 +10,10 @@ import { headers } from "@nats-io/nats-core";
 import type { KV, KvEntry, NatsConnection } from "./connection.ts";
 import { mirrorBucket, openBucket, readBucket } from "./connection.ts";
 import { catalog, events, planner } from "@ferry/proto";
-import { BUCKETS, EVENTS_STREAM, eventMsgId, eventSubject } from "./names.ts";
+import { AUDIT_STREAM, AUDIT_SUBJECT_PREFIX, BUCKETS, EVENTS_STREAM, eventMsgId, eventSubject } from "./names.ts";
 
 /** The components that talk over NATS. */
-export type Component = "planner" | "catalog" | "node-daemon" | "cli" | "join";
+export type Component = "planner" | "catalog" | "distributor" | "node-daemon" | "cli" | "join";
 
 /** How a channel's values are bytes. */
 export interface Codec<T> {
@@ -94,6 +94,20 @@ export interface ServiceChannel<T> {
 const KiB = 1024;
 const MiB = 1024 * KiB;
 
+/** One service's part of the audit trail: its own subject of FERRY_AUDIT, read by the planner. */
+function auditChannel(service: "planner" | "catalog" | "distributor"): StreamChannel<events.AuditRecord> {
+  return {
+    kind: "stream",
+    stream: AUDIT_STREAM,
+    subjects: `${AUDIT_SUBJECT_PREFIX}.${service}`,
+    payload: protobuf("AuditRecord", events.AuditRecord, 16 * KiB),
+    writer: service,
+    readers: ["planner"],
+    declaredBy: "planner",
+    description: `The ${service}'s audit records (who called what, when, how it ended), kept 400 days`,
+  };
+}
+
 export const CHANNELS = {
   nodeStatus: {
     kind: "bucket",
@@ -146,6 +160,9 @@ export const CHANNELS = {
     declaredBy: "planner",
     description: "Step events of every node, kept 30 days; Nats-Msg-Id <node>:<seq>",
   },
+  plannerAudit: auditChannel("planner"),
+  catalogAudit: auditChannel("catalog"),
+  distributorAudit: auditChannel("distributor"),
   admission: {
     kind: "service",
     subjects: "ferry.admission.join.<node>",

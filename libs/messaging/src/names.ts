@@ -17,6 +17,10 @@ export const BUCKETS = {
 export const EVENTS_STREAM = "FERRY_EVENTS";
 export const EVENTS_SUBJECT_PREFIX = "ferry.events";
 
+/** The audit trail: `ferry.audit.<service>` (each service writes its own subject). */
+export const AUDIT_STREAM = "FERRY_AUDIT";
+export const AUDIT_SUBJECT_PREFIX = "ferry.audit";
+
 /** Admission requests: `ferry.admission.join.<node token>`. */
 export const ADMISSION_SUBJECT_PREFIX = "ferry.admission.join";
 

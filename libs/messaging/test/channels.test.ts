@@ -13,6 +13,7 @@ import {
   decodeStepEvent,
   ensureEventsStream,
   eventFilter,
+  AUDIT_STREAM,
   EVENTS_STREAM,
   stepEventPublisher,
   TypedBucket,
@@ -21,11 +22,17 @@ import {
 import { NatsServer, waitFor } from "@ferry/testing";
 
 describe("channel declarations", () => {
-  it("declare every bucket and the events stream once, each with one writer and its readers", () => {
+  it("declare every bucket, the events stream and each service's audit subject once, each with one writer and its readers", () => {
     const channels = Object.values(CHANNELS);
     const buckets = channels.flatMap((c) => (c.kind === "bucket" ? [c.bucket] : []));
     expect([...buckets].sort()).toEqual(Object.values(BUCKETS).sort());
-    expect(channels.filter((c) => c.kind === "stream").map((c) => c.kind === "stream" && c.stream)).toEqual([EVENTS_STREAM]);
+    const streams = channels.flatMap((c) => (c.kind === "stream" ? [`${c.stream} ${c.subjects} ${c.writer}`] : []));
+    expect(streams).toEqual([
+      `${EVENTS_STREAM} ferry.events.<upgrade>.<node> node-daemon`,
+      `${AUDIT_STREAM} ferry.audit.planner planner`,
+      `${AUDIT_STREAM} ferry.audit.catalog catalog`,
+      `${AUDIT_STREAM} ferry.audit.distributor distributor`,
+    ]);
     for (const c of channels) {
       if (c.kind === "service") expect([c.caller, c.responder], c.description).toHaveLength(2);
       else {

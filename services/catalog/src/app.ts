@@ -1,14 +1,15 @@
 // Wiring: NATS + KV store, the catalog, the gRPC server with health tied to readiness.
 import { readFileSync } from "node:fs";
 import { catalog } from "@ferry/proto";
-import { GrpcServer } from "@ferry/grpc";
-import { CHANNELS, connectNats, openBucket, type NatsConnection } from "@ferry/messaging";
+import { auditTo, GrpcServer } from "@ferry/grpc";
+import { AuditSink, CHANNELS, connectNats, openBucket, type NatsConnection } from "@ferry/messaging";
 import { serveMetrics, type App, type Logger, type MetricsServer } from "@ferry/runtime";
 import { loadSigningKey, parseKeyringJson } from "@ferry/signing";
 import { KvCatalogStore } from "./adapters/kv-store.ts";
 import { Catalog } from "./catalog.ts";
 import type { Config } from "./config.ts";
 import { catalogHandlers } from "./grpc/handlers.ts";
+import { CATALOG_ROLES } from "./grpc/roles.ts";
 import { CatalogMetrics } from "./metrics.ts";
 
 export const SERVICE = "ferry.catalog.v1.CatalogService";
@@ -31,11 +32,14 @@ export function createApp(config: Config, logger: Logger): CatalogApp {
     releases: () => store?.releases() ?? [],
     blockedEdges: () => store?.blockedEdges().size ?? 0,
   });
+  const audit = new AuditSink("catalog", () => nc, logger.child({ component: "audit" }));
   const server = new GrpcServer({
     logger: logger.child({ component: "grpc" }),
     address: config.grpcAddr,
     tls: config.security.tls,
     token: config.security.token,
+    principals: config.security.principals,
+    audit: auditTo("catalog", logger.child({ component: "audit" }), (r) => audit.record(r)),
     onCall: metrics.onCall,
   });
   let connected = false;
@@ -65,7 +69,7 @@ export function createApp(config: Config, logger: Logger): CatalogApp {
       store = new KvCatalogStore(kv);
       await store.start();
       const cat = new Catalog({ store, keyring, siteKey, imports: { allowedDirs: config.importDirs.split(":").filter(Boolean) } });
-      server.add(catalog.CatalogServiceService, catalogHandlers(cat));
+      server.add(catalog.CatalogServiceService, catalogHandlers(cat), CATALOG_ROLES);
       const port = await server.start();
       if (config.metricsAddr) metricsServer = await serveMetrics(config.metricsAddr, metrics.registry, logger);
       setReady();
@@ -86,6 +90,8 @@ export function createApp(config: Config, logger: Logger): CatalogApp {
       await metricsServer?.close();
       await server.stop(signal);
       store?.stop();
+      await audit.flushed(AbortSignal.any([AbortSignal.timeout(2000), ...(signal ? [signal] : [])]));
+      audit.stop();
       await nc?.drain();
     },
   };

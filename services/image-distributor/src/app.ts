@@ -1,13 +1,15 @@
 // Wiring: disk store, filler, HTTP data path, gRPC admin with health.
 import type { Server } from "node:http";
 import { distributor } from "@ferry/proto";
-import { GrpcServer } from "@ferry/grpc";
-import type { App, Logger } from "@ferry/runtime";
+import { auditTo, GrpcServer } from "@ferry/grpc";
+import { AuditSink, connectNats, type NatsConnection } from "@ferry/messaging";
+import { Backoff, type App, type Logger } from "@ferry/runtime";
 import { Filler } from "./adapters/fill.ts";
 import { BlobStore } from "./adapters/store.ts";
 import type { Config } from "./config.ts";
 import { Distributor } from "./distributor.ts";
 import { distributorHandlers } from "./grpc/handlers.ts";
+import { DISTRIBUTOR_ROLES } from "./grpc/roles.ts";
 import { createHttpServer } from "./http/server.ts";
 import { Metrics } from "./metrics.ts";
 
@@ -25,12 +27,29 @@ export function createApp(config: Config, logger: Logger): DistributorApp {
     bodyTimeoutMs: config.upstreamTimeoutMs,
   });
   const dist = new Distributor(store, filler, metrics, logger.child({ component: "admin" }), config.importDirs.split(":").filter(Boolean));
+  // The audit trail goes to NATS when one is configured; the data path never waits for it.
+  let nc: NatsConnection | undefined;
+  const stopNats = new AbortController();
+  const sink = config.natsUrl ? new AuditSink("distributor", () => nc, logger.child({ component: "audit" })) : undefined;
   const grpc = new GrpcServer({
     logger: logger.child({ component: "grpc" }),
     address: config.grpcAddr,
     tls: config.security.tls,
     token: config.security.token,
+    principals: config.security.principals,
+    audit: auditTo("distributor", logger.child({ component: "audit" }), sink && ((r) => sink.record(r))),
   });
+  const connect = async (url: string) => {
+    const backoff = new Backoff({ initialMs: 500, maxMs: 15_000 });
+    while (!stopNats.signal.aborted && !nc) {
+      try {
+        nc = await connectNats({ url, name: "ferry-distributor", ...(config.natsCreds ? { credsFile: config.natsCreds } : {}) });
+      } catch (err) {
+        logger.warn({ err: (err as Error).message }, "NATS (audit trail) not reachable; retrying");
+        await backoff.wait(stopNats.signal).catch(() => undefined);
+      }
+    }
+  };
   let ready = false;
   let http: Server | undefined;
   let httpPort = 0;
@@ -41,7 +60,8 @@ export function createApp(config: Config, logger: Logger): DistributorApp {
     async start() {
       store.open();
       metrics.cacheBytes.set(store.usedBytes());
-      grpc.add(distributor.DistributorServiceService, distributorHandlers(dist));
+      grpc.add(distributor.DistributorServiceService, distributorHandlers(dist), DISTRIBUTOR_ROLES);
+      if (config.natsUrl) void connect(config.natsUrl);
       http = createHttpServer({
         store,
         filler,
@@ -81,6 +101,10 @@ export function createApp(config: Config, logger: Logger): DistributorApp {
         signal.addEventListener("abort", () => http?.closeAllConnections(), { once: true });
       });
       await store.close();
+      await sink?.flushed(AbortSignal.any([AbortSignal.timeout(2000), signal]));
+      sink?.stop();
+      stopNats.abort();
+      await nc?.close().catch(() => undefined);
     },
   };
 }

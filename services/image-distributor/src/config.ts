@@ -10,6 +10,8 @@ const vars = {
   parents: v.string("FERRY_DISTRIBUTOR_PARENTS", "comma-separated base URLs of parent distributors to fill from (e.g. http://hub:7480)", ""),
   importDirs: v.string("FERRY_DISTRIBUTOR_IMPORT_DIRS", "colon-separated directories ImportBlob's local_path may read (empty: none)", ""),
   idleTimeoutMs: v.int("FERRY_DISTRIBUTOR_IDLE_TIMEOUT_MS", "close HTTP connections idle this long", 60_000, 1000),
+  natsUrl: v.optionalString("FERRY_NATS_URL", "NATS server URL(s) for the audit trail (empty: audit records go to the log only)"),
+  natsCreds: v.optionalString("FERRY_NATS_CREDS", "NATS credentials file (the site's distributor.creds)"),
   upstreamTimeoutMs: v.int("FERRY_DISTRIBUTOR_UPSTREAM_TIMEOUT_MS", "upstream headers/idle-body timeout", 30_000, 100),
 };
 

@@ -8,7 +8,7 @@ import { readFileSync } from "node:fs";
 import { readFile } from "node:fs/promises";
 import { join } from "node:path";
 import { node as nodepb, type events } from "@ferry/proto";
-import { GrpcServer } from "@ferry/grpc";
+import { auditTo, GrpcServer } from "@ferry/grpc";
 import { isVersion } from "@ferry/release";
 import { AtomicJsonFile, type App, type Logger } from "@ferry/runtime";
 import { withPlannerKeys, parseKeyringJson } from "@ferry/signing";
@@ -16,6 +16,8 @@ import { boardCredentials } from "./adapters/admission.ts";
 import { NatsLink } from "./adapters/nats-link.ts";
 import { Outbox } from "./adapters/outbox.ts";
 import { AssignmentIntake } from "./adapters/assignment-intake.ts";
+import { localToken } from "./adapters/local-token.ts";
+import { NODE_ROLES } from "./grpc/roles.ts";
 import { StepMetrics } from "./adapters/step-metrics.ts";
 import { createPlatform } from "./adapters/platform.ts";
 import type { Config } from "./config.ts";
@@ -146,11 +148,15 @@ export function createApp(config: Config, logger: Logger, over: DaemonOverrides 
     onRunEnd: () => void link.heartbeat(),
     signal: stop.signal,
   });
+  // NodeService's mutating calls need a credential: the configured ones, else the board's own.
+  const configured = config.security.token !== undefined || config.security.principals.length > 0;
   const grpc = new GrpcServer({
     logger: logger.child({ component: "grpc" }),
     address: config.grpcAddr,
     tls: config.security.tls,
-    token: config.security.token,
+    token: configured ? config.security.token : localToken(config.dataDir),
+    principals: config.security.principals,
+    audit: auditTo("node-daemon", logger.child({ component: "audit" })),
   });
   let linkRun: Promise<void> | undefined;
 
@@ -176,6 +182,7 @@ export function createApp(config: Config, logger: Logger, over: DaemonOverrides 
       grpc.add(
         nodepb.NodeServiceService,
         nodeService({ board: config.board, distributorUrl: config.distributorUrl, controller, runner, journal, outbox, status, log }),
+        NODE_ROLES,
       );
       await grpc.start();
       grpc.health.set(true); // answers locally whatever NATS does; GetStatus says how NATS is

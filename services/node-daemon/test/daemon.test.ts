@@ -3,7 +3,7 @@
 // journal; its status lands in KV and its step events in JetStream, in order, across both
 // runs. Gates come from the assignment; a manual install is refused while it is active.
 import { execFileSync } from "node:child_process";
-import { writeFileSync } from "node:fs";
+import { readFileSync, writeFileSync } from "node:fs";
 import { createServer, type Server } from "node:http";
 import { join } from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
@@ -39,6 +39,10 @@ const daemonConfig = (node: string, dir: string, board: SimBoard, natsUrl: strin
     ...over,
   });
 
+/** NodeService on the daemon, with the board's own credential (<data>/grpc.token). */
+const nodeClient = (app: DaemonApp, config: { dataDir: string }) =>
+  createClient(nodepb.NodeServiceService, `127.0.0.1:${app.port()}`, { token: readFileSync(join(config.dataDir, "grpc.token"), "utf8").trim() });
+
 describe("node-daemon with NATS", () => {
   const dir = tempDir("ferry-daemon-");
   const key = generateKeyPair();
@@ -73,7 +77,7 @@ describe("node-daemon with NATS", () => {
     };
 
     let app = await start();
-    const local = createClient(nodepb.NodeServiceService, `127.0.0.1:${app.port()}`);
+    const local = nodeClient(app, config);
     expect((await local.getStatus({})).name).toBe("edge-1.site-a");
 
     // The planner's part: one hop, both gates granted.
@@ -132,7 +136,7 @@ describe("node-daemon with NATS", () => {
     const config = daemonConfig("edge-2", d.path, board, nats.url);
     let app = createApp(config, pino({ level: "silent" }), { platform: board.platform() });
     await app.start();
-    let local = createClient(nodepb.NodeServiceService, `127.0.0.1:${app.port()}`);
+    let local = nodeClient(app, config);
     const code = (p: Promise<unknown>) =>
       p.then(
         () => "OK",
@@ -141,6 +145,16 @@ describe("node-daemon with NATS", () => {
     expect(await code(local.commit({}))).toBe("FAILED_PRECONDITION");
     expect(await code(local.rollback({ reason: "x" }))).toBe("FAILED_PRECONDITION");
     expect(await code(local.install({ envelope: undefined, url: "", holdCommit: false, healthTimeoutSeconds: 0 }))).toBe("INVALID_ARGUMENT");
+    // Without the board's credential: its status is public, changing it is not.
+    const anonymous = createClient(nodepb.NodeServiceService, `127.0.0.1:${app.port()}`);
+    expect((await anonymous.getStatus({})).name).toBe("edge-2");
+    for (const p of [
+      anonymous.install({ envelope: undefined, url: "", holdCommit: false, healthTimeoutSeconds: 0 }),
+      anonymous.commit({}),
+      anonymous.rollback({ reason: "x" }),
+    ])
+      expect(await code(p)).toBe("UNAUTHENTICATED");
+    anonymous.close();
 
     const watched: events.StepEvent[] = [];
     const ac = new AbortController();
@@ -164,7 +178,7 @@ describe("node-daemon with NATS", () => {
     const slowBoard = { ...board.platform(), postBoot: () => new Promise<void>((r) => setTimeout(r, 1500)) };
     app = createApp(config, pino({ level: "silent" }), { platform: slowBoard });
     await app.start();
-    local = createClient(nodepb.NodeServiceService, `127.0.0.1:${app.port()}`);
+    local = nodeClient(app, config);
     await waitFor(async () => (await local.getStatus({})).state === events.NodeState.NODE_STATE_TRIAL, { what: "the trial" });
     await local.rollback({ reason: "operator changed their mind" });
     await waitFor(async () => (await app.idle()) === "rebooting", { timeoutMs: 10_000, what: "the rollback reboot" });
@@ -174,7 +188,7 @@ describe("node-daemon with NATS", () => {
     app = createApp(config, pino({ level: "silent" }), { platform: board.platform() });
     await app.start();
     await waitFor(async () => (await app.idle()) === "rolled-back", { timeoutMs: 10_000, what: "the rollback to finish" });
-    local = createClient(nodepb.NodeServiceService, `127.0.0.1:${app.port()}`);
+    local = nodeClient(app, config);
     const st = await local.getStatus({});
     expect(st).toMatchObject({ currentVersion: "v1.33.5", bootedSlot: events.Slot.SLOT_A, state: events.NodeState.NODE_STATE_FAILED });
     expect(st.message).toMatch(/rolled-back v1.34.6: cancelled/);
@@ -192,7 +206,7 @@ describe("node-daemon with NATS", () => {
     const config = daemonConfig("edge-3", d.path, board, plain.url, { FERRY_HEARTBEAT_MS: "200" });
     const app = createApp(config, pino({ level: "silent" }), { platform: board.platform() });
     await app.start();
-    const local = createClient(nodepb.NodeServiceService, `127.0.0.1:${app.port()}`);
+    const local = nodeClient(app, config);
     await waitFor(async () => /^open bucket ferry_nodes: /.test((await local.getStatus({})).nats), { what: "the failing step in GetStatus" });
     await plain[Symbol.asyncDispose]();
     // JetStream comes up (same address): the daemon recovers by itself.
@@ -234,7 +248,7 @@ describe("node-daemon with NATS", () => {
       );
     let app = createApp(config, pino({ level: "silent" }), { platform: board.platform() });
     await app.start();
-    let local = createClient(nodepb.NodeServiceService, `127.0.0.1:${app.port()}`);
+    let local = nodeClient(app, config);
     await local.install({ envelope, url: "", holdCommit: true, healthTimeoutSeconds: 600 });
     expect(await code(local.commit({}))).toBe("FAILED_PRECONDITION"); // no trial yet
     await waitFor(async () => (await app.idle()) === "rebooting", { timeoutMs: 20_000 });
@@ -243,7 +257,7 @@ describe("node-daemon with NATS", () => {
     expect(await board.powerOn()).toBe("B");
     app = createApp(config, pino({ level: "silent" }), { platform: board.platform() });
     await app.start();
-    local = createClient(nodepb.NodeServiceService, `127.0.0.1:${app.port()}`);
+    local = nodeClient(app, config);
     await waitFor(async () => (await local.getStatus({})).state === events.NodeState.NODE_STATE_WAITING_COMMIT, { what: "the commit gate" });
     await new Promise((r) => setTimeout(r, 500));
     expect((await board.bootloader.read()).upgradeAvailable).toBe(true); // held: not committed

@@ -2,11 +2,20 @@
 // replica leads, the catalog and distributor clients, and the gRPC server with health
 // tied to readiness (NATS up and the planner's KV mirrored).
 import { catalog, planner } from "@ferry/proto";
-import { createClient, GrpcServer, loadClientOptions } from "@ferry/grpc";
+import { auditTo, createClient, GrpcServer, loadClientOptions } from "@ferry/grpc";
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { loadSigningKey } from "@ferry/signing";
-import { CHANNELS, connectNats, ensureEventsStream, SiteAuth, TypedBucket, type NatsConnection } from "@ferry/messaging";
+import {
+  AuditSink,
+  CHANNELS,
+  connectNats,
+  ensureAuditStream,
+  ensureEventsStream,
+  SiteAuth,
+  TypedBucket,
+  type NatsConnection,
+} from "@ferry/messaging";
 import { Admission } from "./admission.ts";
 import { serveMetrics, type App, type Logger, type MetricsServer } from "@ferry/runtime";
 import { Inventory } from "./adapters/inventory.ts";
@@ -20,6 +29,7 @@ import { Controller } from "./controller.ts";
 import { NO_CLUSTER, type ClusterGates } from "./ports.ts";
 import { isActive } from "./domain/progress.ts";
 import { plannerHandlers } from "./grpc/handlers.ts";
+import { PLANNER_ROLES } from "./grpc/roles.ts";
 import { PlannerMetrics } from "./metrics.ts";
 import { Planner } from "./planner.ts";
 
@@ -42,11 +52,15 @@ export interface PlannerOverrides {
 
 export function createApp(config: Config, logger: Logger, over: PlannerOverrides = {}): PlannerApp {
   const assignmentKey = loadSigningKey(readFileSync(config.keyFile!));
+  let nc: NatsConnection | undefined;
+  const audit = new AuditSink("planner", () => nc, logger.child({ component: "audit" }));
   const server = new GrpcServer({
     logger: logger.child({ component: "grpc" }),
     address: config.grpcAddr,
     tls: config.security.tls,
     token: config.security.token,
+    principals: config.security.principals,
+    audit: auditTo("planner", logger.child({ component: "audit" }), (r) => audit.record(r)),
   });
   const clientOpts = loadClientOptions();
   const catalogClient = createClient(catalog.CatalogServiceService, config.catalogAddr, { ...clientOpts, deadlineMs: 10_000 });
@@ -54,7 +68,6 @@ export function createApp(config: Config, logger: Logger, over: PlannerOverrides
   const log = logger.child({ component: "planner" });
   let osupgrades: OSUpgradeController | undefined;
   let gates: ClusterGates = over.gates ?? NO_CLUSTER;
-  let nc: NatsConnection | undefined;
   let systemNc: NatsConnection | undefined;
   let admission: Admission | undefined;
   let store: UpgradeStore | undefined;
@@ -110,6 +123,7 @@ export function createApp(config: Config, logger: Logger, over: PlannerOverrides
       connected = true;
       const conn = nc;
       await ensureEventsStream(conn, { replicas: config.replicas });
+      await ensureAuditStream(conn, { replicas: config.replicas });
       const opts = { replicas: config.replicas };
       const plannerKv = (await TypedBucket.open(conn, CHANNELS.rollout, opts)).kv;
       const assignments = await TypedBucket.open(conn, CHANNELS.assignments, opts);
@@ -245,6 +259,7 @@ export function createApp(config: Config, logger: Logger, over: PlannerOverrides
       server.add(
         planner.PlannerServiceService,
         plannerHandlers(plannerOps, admission, () => conn, store, metrics.watchStreams),
+        PLANNER_ROLES,
       );
       const port = await server.start();
       if (config.metricsAddr) metricsServer = await serveMetrics(config.metricsAddr, metrics.registry, log);
@@ -274,6 +289,8 @@ export function createApp(config: Config, logger: Logger, over: PlannerOverrides
       admission?.stop();
       catalogClient.close();
       stager?.close();
+      await audit.flushed(AbortSignal.any([AbortSignal.timeout(2000), signal]));
+      audit.stop();
       await nc?.drain();
       await systemNc?.close();
     },

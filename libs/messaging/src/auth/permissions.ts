@@ -85,8 +85,11 @@ function streamChannelRights(c: StreamChannel<unknown>, component: Component, no
   const out: string[] = [];
   if (reads || declares) out.push(...streamRights(c.stream, { declare: declares, read: reads ? "all" : [], consume: reads }));
   if (writes) {
-    if (c.subjects !== `${EVENTS_SUBJECT_PREFIX}.<upgrade>.<node>`) throw new Error(`no publish rights derived for ${c.subjects}`);
-    out.push(component === "node-daemon" ? `${EVENTS_SUBJECT_PREFIX}.*.${encodeToken(node!)}` : `${EVENTS_SUBJECT_PREFIX}.>`);
+    if (c.subjects === `${EVENTS_SUBJECT_PREFIX}.<upgrade>.<node>`)
+      out.push(component === "node-daemon" ? `${EVENTS_SUBJECT_PREFIX}.*.${encodeToken(node!)}` : `${EVENTS_SUBJECT_PREFIX}.>`);
+    else if (!c.subjects.includes("<"))
+      out.push(c.subjects); // one literal subject (an audit channel)
+    else throw new Error(`no publish rights derived for ${c.subjects}`);
   }
   return out;
 }

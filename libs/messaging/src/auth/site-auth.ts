@@ -7,7 +7,7 @@
 //
 //   operator.nk  system.nk  account.nk  signing.nk     seeds (0600): the site's authority
 //   nats-auth.conf                                     the server's include: operator, resolver, preload
-//   planner.creds catalog.creds cli.creds join.creds   the components' credentials
+//   planner.creds catalog.creds distributor.creds cli.creds join.creds   the components' credentials
 //   system.creds                                       the system account's user (account updates)
 //
 // Only the planner needs the seeds (it admits boards); the other services get their .creds.
@@ -80,7 +80,7 @@ export class SiteAuth {
     }
     const site = SiteAuth.load(dir);
     writeSecret(join(dir, "nats-auth.conf"), await site.serverConfig(DEFAULT_RESOLVER_DIR));
-    for (const u of ["planner", "catalog", "cli", "join", "system"] as const) {
+    for (const u of ["planner", "catalog", "distributor", "cli", "join", "system"] as const) {
       const path = join(dir, `${u}.creds`);
       if (!existsSync(path)) writeSecret(path, await site.creds(u));
     }

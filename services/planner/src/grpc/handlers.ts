@@ -1,7 +1,7 @@
 // PlannerService handlers: proto in, domain call, proto out. No logic lives here.
 import type { planner } from "@ferry/proto";
 import type { Implementation } from "@ferry/grpc";
-import type { NatsConnection } from "@ferry/messaging";
+import { readAudit, type NatsConnection } from "@ferry/messaging";
 import type { UpgradeStore } from "../adapters/upgrade-store.ts";
 import type { Planner } from "../planner.ts";
 import type { Admission } from "../admission.ts";
@@ -38,6 +38,9 @@ export function plannerHandlers(
     approveUpgrade: async (req) => p.approve(req),
     releaseNode: async (req) => p.releaseNode(req),
     forgetNode: async (req) => p.forgetNode(req),
+    listAuditRecords: async (req) => ({
+      records: await readAudit(nc(), { since: req.since, limit: req.limit, service: req.service, principal: req.principal }),
+    }),
     listAdmissions: async (req) => ({ admissions: await admission.list(req.state) }),
     admitNode: async (req) => admission.admit(req),
     revokeNode: async (req) => admission.revoke(req),
