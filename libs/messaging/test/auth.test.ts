@@ -82,4 +82,20 @@ describe("NATS auth (real nats-server, decentralized JWT)", () => {
     open.push(back);
     await TypedBucket.read(back, CHANNELS.nodeStatus).then((b) => b.put("worker-3", status("worker-3")));
   });
+
+  it("keeps a revocation across a nats-server kill -9 and restart, with no one pushing it again", async () => {
+    const system = await as("system");
+    const path = await nats.credsFile({ node: "worker-5" });
+    const key = credsUser(readFileSync(path, "utf8")).publicKey;
+    await nats.auth!.pushAccount(system, { [key]: Math.floor(Date.now() / 1000) });
+    await nats.restart(true);
+    // The full resolver kept the pushed account JWT: the server starts with the revocation.
+    await expect(connectNats({ url: nats.url, name: "worker-5 after restart", credsFile: path, connectTimeoutMs: 3000 })).rejects.toThrow(
+      /authoriz|revoked/i,
+    );
+    // Another board is unaffected.
+    const other = await connectNats({ url: nats.url, name: "worker-6", credsFile: await nats.credsFile({ node: "worker-6" }) });
+    open.push(other);
+    await TypedBucket.read(other, CHANNELS.nodeStatus).then((b) => b.put("worker-6", status("worker-6")));
+  });
 });

@@ -41,6 +41,7 @@ export class NatsServer implements AsyncDisposable {
   /** The site's identities when the server runs with auth. */
   auth: SiteAuth | undefined;
   #authDir: string | undefined;
+  #authConf: string | undefined;
 
   private constructor(opts: NatsServerOptions) {
     this.#ownsStore = opts.storeDir === undefined;
@@ -96,7 +97,9 @@ export class NatsServer implements AsyncDisposable {
         `listen: 127.0.0.1:${this.port === 0 ? -1 : this.port}`,
         `http: 127.0.0.1:-1`,
         ...(this.jetstream ? [`jetstream {`, `  store_dir: ${JSON.stringify(this.storeDir)}`, `  sync_interval: always`, `}`] : []),
-        ...(this.auth ? [await this.auth.serverConfig(join(this.storeDir, "jwt"))] : []),
+        // Written once, as `ferry site init` does: a restart must not preload a newer account
+        // JWT than the revocations pushed since (the full resolver keeps the newest).
+        ...(this.auth ? [(this.#authConf ??= await this.auth.serverConfig(join(this.storeDir, "jwt")))] : []),
         ``,
       ].join("\n"),
       { mode: 0o600 },

@@ -79,7 +79,10 @@ export class SiteAuth {
       if (!existsSync(path)) writeSecret(path, new TextDecoder().decode(make[k]().getSeed()));
     }
     const site = SiteAuth.load(dir);
-    writeSecret(join(dir, "nats-auth.conf"), await site.serverConfig(DEFAULT_RESOLVER_DIR));
+    // Written once: its preloaded account JWT must stay older than any update pushed since
+    // (revocations), which the full resolver keeps and prefers when it is newer.
+    const conf = join(dir, "nats-auth.conf");
+    if (!existsSync(conf)) writeSecret(conf, await site.serverConfig(DEFAULT_RESOLVER_DIR));
     for (const u of ["planner", "catalog", "distributor", "cli", "join", "system"] as const) {
       const path = join(dir, `${u}.creds`);
       if (!existsSync(path)) writeSecret(path, await site.creds(u));
