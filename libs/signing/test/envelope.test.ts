@@ -63,6 +63,15 @@ describe("verifyEnvelope", () => {
     expect(code(() => verifyEnvelope(env, ring1))).toBe("THRESHOLD_NOT_MET");
   });
 
+  it("rotates a release key: with both in the keyring either verifies; once the old one leaves, its signatures do not", () => {
+    const both = createKeyring([k1.publicPem, k2.publicPem], 1);
+    const newOnly = createKeyring([k2.publicPem], 1);
+    expect(verifyEnvelope(signEnvelope(bytes, [s1]), both)).toEqual([k1.keyId]);
+    expect(verifyEnvelope(signEnvelope(bytes, [s2]), both)).toEqual([k2.keyId]);
+    expect(code(() => verifyEnvelope(signEnvelope(bytes, [s1]), newOnly))).toBe("THRESHOLD_NOT_MET");
+    expect(verifyEnvelope(signEnvelope(bytes, [s2]), newOnly)).toEqual([k2.keyId]);
+  });
+
   it("counts one key once however often it signed", () => {
     const env = signEnvelope(bytes, [s1, s1, s1]);
     expect(() => verifyEnvelope(env, ring2of3)).toThrow(/1 of 2 required/);

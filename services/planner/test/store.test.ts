@@ -2,6 +2,7 @@
 // chunks (written per chunk, read back whole by a follower and by a new leader), a write
 // cut between a chunk and its header, a missing chunk, compaction into one key, removal
 // after the history period, and the claims record under concurrent creates.
+import { constants as zlibConstants, zstdCompressSync } from "node:zlib";
 import { describe, expect, it } from "vitest";
 import { events, planner } from "@ferry/proto";
 import { BUCKETS, openBucket } from "@ferry/messaging";
@@ -136,6 +137,25 @@ describe("upgrade store", () => {
     const { broken } = await store.load();
     expect(broken).toHaveLength(1);
     expect(broken[0]).toMatch(/^upgrade bad: upgrades\.bad does not decode/);
+    store.stop();
+  });
+
+  it("a zstd bomb in upgrades.* or claims (1 GiB of zeros in 32 KiB) is refused by the output limit, not decoded", async () => {
+    await using b = await bucket();
+    const bomb = zstdCompressSync(Buffer.alloc(1 << 30), { params: { [zlibConstants.ZSTD_c_compressionLevel]: 19 } });
+    expect(bomb.length).toBeLessThan(1 << 20); // it fits a NATS message
+    await b.kv.put("upgrades.bomb", bomb);
+    await b.kv.put("claims", bomb);
+    const before = process.memoryUsage().rss;
+    const store = new UpgradeStore(b.kv);
+    await store.start();
+    expect(store.get("bomb")).toBeUndefined();
+    const { broken } = await store.load();
+    expect(broken.join("\n")).toMatch(/upgrades\.bomb does not decode/);
+    // The claims record is rebuilt over the bomb (never decoded past its limit).
+    await new ClaimsRecord(b.kv, () => ({ kind: "ended" })).claim("u1", ["n-1"]);
+    expect((await b.kv.get("claims"))!.value.length).toBeLessThan(1024);
+    expect(process.memoryUsage().rss - before).toBeLessThan(256 * 1024 * 1024);
     store.stop();
   });
 });
