@@ -6,7 +6,7 @@ import { DeliverPolicy, jetstream, jetstreamManager } from "@nats-io/jetstream";
 import type { events } from "@ferry/proto";
 import { Backoff, type Logger } from "@ferry/runtime";
 import { CHANNELS } from "./channels.ts";
-import type { NatsConnection } from "./connection.ts";
+import { declareStream, type NatsConnection } from "./connection.ts";
 import { AUDIT_STREAM, AUDIT_SUBJECT_PREFIX } from "./names.ts";
 
 const codec = CHANNELS.plannerAudit.payload;
@@ -22,12 +22,7 @@ export async function ensureAuditStream(nc: NatsConnection, o: { replicas?: numb
     num_replicas: o.replicas ?? 1,
     max_age: 400 * 24 * 3600 * 1e9,
   };
-  try {
-    await jsm.streams.info(AUDIT_STREAM);
-    await jsm.streams.update(AUDIT_STREAM, config);
-  } catch {
-    await jsm.streams.add(config);
-  }
+  await declareStream(jsm, config);
 }
 
 export type AuditService = "planner" | "catalog" | "distributor";

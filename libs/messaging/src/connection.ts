@@ -1,7 +1,7 @@
 // NATS connections (reconnecting forever), KV buckets and the events stream.
 import { readFileSync } from "node:fs";
 import { connect, credsAuthenticator, type NatsConnection } from "@nats-io/transport-node";
-import { JetStreamApiCodes, JetStreamApiError, jetstreamManager } from "@nats-io/jetstream";
+import { JetStreamApiCodes, JetStreamApiError, jetstreamManager, type JetStreamManager, type StreamConfig } from "@nats-io/jetstream";
 import { Kvm, type KV, type KvEntry } from "@nats-io/kv";
 import { unavailable } from "@ferry/runtime";
 import { EVENTS_STREAM, EVENTS_SUBJECT_PREFIX } from "./names.ts";
@@ -134,9 +134,14 @@ export async function ensureEventsStream(nc: NatsConnection, opts: EventsStreamO
     max_age: (opts.maxAgeMs ?? 30 * 24 * 3600_000) * 1_000_000,
     duplicate_window: (opts.duplicateWindowMs ?? 120_000) * 1_000_000,
   };
+  await declareStream(jsm, config);
+}
+
+/** Creates a stream, or brings an existing one to `config` (its declarer's only). */
+export async function declareStream(jsm: JetStreamManager, config: Partial<StreamConfig> & { name: string }): Promise<void> {
   try {
-    await jsm.streams.info(EVENTS_STREAM);
-    await jsm.streams.update(EVENTS_STREAM, config);
+    await jsm.streams.info(config.name);
+    await jsm.streams.update(config.name, config);
   } catch {
     await jsm.streams.add(config);
   }
