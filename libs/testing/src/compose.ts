@@ -73,14 +73,22 @@ async function portIsFree(port: number): Promise<boolean> {
   });
 }
 
+/** Ports this process handed out (a port is free until its service binds it: never give it twice). */
+const handedOut = new Set<number>();
+
 /**
  * A free port below the kernel's ephemeral range (32768+), so no outgoing connection can
  * take it between now and when the service binds it (services restart on the same port).
+ * Each test process draws from its own slice of 20000-31999 (by pid), so two sites started
+ * at once by parallel test files do not pick the same free port.
  */
 async function stablePort(): Promise<number> {
-  for (let i = 0; i < 200; i++) {
-    const p = 20000 + Math.floor(Math.random() * 12000);
-    if (await portIsFree(p)) return p;
+  const slice = 20000 + (process.pid % 12) * 1000;
+  for (let i = 0; i < 400; i++) {
+    const p = i < 200 ? slice + Math.floor(Math.random() * 1000) : 20000 + Math.floor(Math.random() * 12000);
+    if (handedOut.has(p) || !(await portIsFree(p))) continue;
+    handedOut.add(p);
+    return p;
   }
   return freePort();
 }
