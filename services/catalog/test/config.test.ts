@@ -12,7 +12,7 @@ describe("catalog config", () => {
     writeFileSync(ring, "{}");
     const c = loadConfig({ FERRY_KEYRING_FILE: ring });
     expect(c).toMatchObject({ natsUrl: "nats://127.0.0.1:4222", grpcAddr: "0.0.0.0:7401", logLevel: "info", bucket: "ferry_catalog", replicas: 1 });
-    expect(c.security).toEqual({ tls: undefined, token: undefined });
+    expect(c.security).toEqual({ tls: undefined, token: undefined, principals: [] });
   });
 
   it("names every bad variable and what to set, in one error", () => {
@@ -42,7 +42,7 @@ describe("catalog config", () => {
     using dir = tempDir();
     const ring = join(dir.path, "ring.json");
     writeFileSync(ring, "{}");
-    expect(() => loadConfig({ FERRY_KEYRING_FILE: ring, FERRY_GRPC_TOKEN: "t" })).toThrow(/FERRY_GRPC_TOKEN over plaintext would leak it/);
+    expect(() => loadConfig({ FERRY_KEYRING_FILE: ring, FERRY_GRPC_TOKEN: "t" })).toThrow(/bearer tokens \(FERRY_GRPC_TOKEN, FERRY_GRPC_ROLES\) over plaintext would leak/);
     expect(loadConfig({ FERRY_KEYRING_FILE: ring, FERRY_GRPC_TOKEN: "t", FERRY_GRPC_ALLOW_TOKEN_WITHOUT_TLS: "true" }).security.token).toBe("t");
     expect(() => loadConfig({ FERRY_KEYRING_FILE: ring, FERRY_GRPC_TLS_CERT: ring })).toThrow(/must be set together/);
   });
