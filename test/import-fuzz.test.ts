@@ -41,6 +41,7 @@ beforeAll(async () => {
   mkdirSync(secretDir);
   writeFileSync(join(secretDir, "key"), secret);
   writeFileSync(join(usb, "good.img.zst"), image);
+  writeFileSync(join(usb, "bomb.img.zst"), zstdCompressSync(Buffer.alloc(256 * 1024 * 1024))); // ~8 KiB that decompress to 256 MiB
   symlinkSync(join(secretDir, "key"), join(usb, "link-to-key"));
   symlinkSync(secretDir, join(usb, "link-to-dir"));
   execFileSync("mkfifo", [join(usb, "fifo")]);
@@ -67,6 +68,7 @@ beforeAll(async () => {
       FERRY_KEYRING_FILE: join(dir.path, "keyring.json"),
       FERRY_SITE_KEY_FILE: join(dir.path, "site.key"),
       FERRY_CATALOG_IMPORT_DIRS: usb,
+      FERRY_CATALOG_MAX_IMAGE_BYTES: String(16 * 1024 * 1024),
     }),
     pino({ level: "silent" }),
   );
@@ -150,6 +152,14 @@ describe("ImportCatalog named cases", () => {
     expect(await imp("https://x.example/link-to-key", sha(secret))).toMatchObject({ ok: false, code: "IMPORT_DIR_NOT_ALLOWED" });
     // image_dir itself through a symlink out of the allowed directory.
     expect(await imp("https://x.example/key", sha(secret), join(usb, "link-to-dir"))).toMatchObject({ ok: false, code: "IMPORT_DIR_NOT_ALLOWED" });
+  });
+
+  it("a decompression bomb stops at the image limit", async () => {
+    const t0 = Date.now();
+    const r = await imp("https://x.example/bomb.img.zst", sha(secret));
+    expect(r).toMatchObject({ ok: false, code: "IMAGE_CORRUPT" });
+    expect(r.ok ? "" : r.text).toMatch(/more than 16777216 bytes/);
+    expect(Date.now() - t0).toBeLessThan(5000);
   });
 
   it("a checksum mismatch does not tell the file's digest", async () => {

@@ -57,9 +57,16 @@ export async function hashFilePrefix(path: string, length: number, hash: Hash): 
 export class HashCounter extends Transform {
   readonly hash = createHash("sha256");
   bytes = 0;
-  override _transform(chunk: Buffer, _enc: BufferEncoding, cb: () => void) {
-    this.hash.update(chunk);
+  readonly #max: number;
+  /** `max`: fail the stream once more than this many bytes flowed (a decompression bomb). */
+  constructor(max = Infinity) {
+    super();
+    this.#max = max;
+  }
+  override _transform(chunk: Buffer, _enc: BufferEncoding, cb: (err?: Error) => void) {
     this.bytes += chunk.length;
+    if (this.bytes > this.#max) return cb(new RangeError(`more than ${this.#max} bytes`));
+    this.hash.update(chunk);
     this.push(chunk);
     cb();
   }
@@ -67,9 +74,15 @@ export class HashCounter extends Transform {
 
 /**
  * Reads a compressed (or raw) image once and measures both sides. The format is sniffed
- * from the first bytes unless given. A corrupt stream rejects with the decoder's error.
+ * from the first bytes unless given. A corrupt stream rejects with the decoder's error; one
+ * longer than a limit (an endless or a decompression-bomb image) with a RangeError.
  */
-export async function measureImage(source: Readable, format?: events.Compression, signal?: AbortSignal): Promise<ImageMeasure> {
+export async function measureImage(
+  source: Readable,
+  format?: events.Compression,
+  signal?: AbortSignal,
+  limits: { maxCompressedBytes?: number; maxRawBytes?: number } = {},
+): Promise<ImageMeasure> {
   const it = source[Symbol.asyncIterator]() as AsyncIterator<Buffer>;
   const first = await it.next();
   const fmt = format ?? (first.done ? Compression.COMPRESSION_NONE : sniffCompression(first.value));
@@ -78,8 +91,8 @@ export async function measureImage(source: Readable, format?: events.Compression
     yield first.value;
     for (let n = await it.next(); !n.done; n = await it.next()) yield n.value;
   }
-  const compressed = new HashCounter();
-  const raw = new HashCounter();
+  const compressed = new HashCounter(limits.maxCompressedBytes);
+  const raw = new HashCounter(limits.maxRawBytes);
   const decoder = decompressor(fmt);
   const sink = new Writable({ write: (_c, _e, cb) => cb() });
   const stages = [Readable.from(all()), compressed, ...(decoder ? [decoder] : []), raw, sink] as const;

@@ -68,7 +68,13 @@ export function createApp(config: Config, logger: Logger): CatalogApp {
       });
       store = new KvCatalogStore(kv);
       await store.start();
-      const cat = new Catalog({ store, keyring, siteKey, imports: { allowedDirs: config.importDirs.split(":").filter(Boolean) } });
+      const cat = new Catalog({
+        store,
+        keyring,
+        siteKey,
+        imports: { allowedDirs: config.importDirs.split(":").filter(Boolean) },
+        maxImageBytes: config.maxImageBytes,
+      });
       server.add(catalog.CatalogServiceService, catalogHandlers(cat), CATALOG_ROLES);
       const port = await server.start();
       if (config.metricsAddr) metricsServer = await serveMetrics(config.metricsAddr, metrics.registry, logger);

@@ -23,6 +23,8 @@ export interface CatalogOptions {
   /** Re-signs what an operator explicitly trusts (ImportCatalog). */
   siteKey: SigningKey | undefined;
   imports: ImageSourceOptions;
+  /** ImportCatalog's limit on an image, compressed and raw (default 64 GiB). */
+  maxImageBytes?: number;
   now?: () => Date;
 }
 
@@ -32,8 +34,10 @@ export class Catalog {
   readonly #siteKey: SigningKey | undefined;
   readonly #imports: ImageSourceOptions;
   readonly #now: () => Date;
+  readonly #maxImageBytes: number;
 
   constructor(opts: CatalogOptions) {
+    this.#maxImageBytes = opts.maxImageBytes ?? 64 * 1024 ** 3;
     this.#store = opts.store;
     this.#keyring = opts.keyring;
     this.#siteKey = opts.siteKey;
@@ -84,7 +88,7 @@ export class Catalog {
       const source = await openImage(img.url, req.imageDir, this.#imports, signal);
       let m;
       try {
-        m = await measureImage(source, undefined, signal);
+        m = await measureImage(source, undefined, signal, { maxCompressedBytes: this.#maxImageBytes, maxRawBytes: this.#maxImageBytes });
       } catch (err) {
         throw invalidArgument(`image of ${img.version} (${img.url}) could not be read or decompressed: ${(err as Error).message}`, "IMAGE_CORRUPT");
       }

@@ -12,6 +12,12 @@ const vars = {
   siteKeyFile: v.file("FERRY_SITE_KEY_FILE", "PEM ed25519 private key used to re-sign explicitly trusted imports"),
   bucket: v.string("FERRY_CATALOG_BUCKET", "NATS KV bucket holding the catalog", BUCKETS.catalog),
   replicas: v.int("FERRY_NATS_REPLICAS", "replicas of the catalog's KV bucket (1, or 3 on a NATS cluster)", 1, 1, 5),
+  maxImageBytes: v.int(
+    "FERRY_CATALOG_MAX_IMAGE_BYTES",
+    "ImportCatalog refuses an image that is, or decompresses to, more than this many bytes",
+    64 * 1024 ** 3,
+    1,
+  ),
   importDirs: v.string("FERRY_CATALOG_IMPORT_DIRS", "colon-separated directories ImportCatalog's image_dir may point into (empty: none)", ""),
 };
 

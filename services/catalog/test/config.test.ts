@@ -42,7 +42,9 @@ describe("catalog config", () => {
     using dir = tempDir();
     const ring = join(dir.path, "ring.json");
     writeFileSync(ring, "{}");
-    expect(() => loadConfig({ FERRY_KEYRING_FILE: ring, FERRY_GRPC_TOKEN: "t" })).toThrow(/bearer tokens \(FERRY_GRPC_TOKEN, FERRY_GRPC_ROLES\) over plaintext would leak/);
+    expect(() => loadConfig({ FERRY_KEYRING_FILE: ring, FERRY_GRPC_TOKEN: "t" })).toThrow(
+      /bearer tokens \(FERRY_GRPC_TOKEN, FERRY_GRPC_ROLES\) over plaintext would leak/,
+    );
     expect(loadConfig({ FERRY_KEYRING_FILE: ring, FERRY_GRPC_TOKEN: "t", FERRY_GRPC_ALLOW_TOKEN_WITHOUT_TLS: "true" }).security.token).toBe("t");
     expect(() => loadConfig({ FERRY_KEYRING_FILE: ring, FERRY_GRPC_TLS_CERT: ring })).toThrow(/must be set together/);
   });
