@@ -24,7 +24,7 @@ describe("bin/ferry-service", () => {
   it.each([
     ["node-daemon", ["--liftoff-only", "--max-semi-space-size=1", "--no-opt"], "2"],
     ["image-distributor", ["--liftoff-only"], null],
-    ["planner", ["--max-semi-space-size=2"], null],
+    ["planner", ["--max-semi-space-size=2"], "2"],
     ["catalog", [], null],
   ])("runs %s from dist/ with its flags", (service, flags, arena) => {
     using dir = tempDir("ferry-launcher-");
