@@ -117,40 +117,12 @@ export async function expectCode(p: Promise<unknown>, code: status, msg?: RegExp
 
 export function makePki(dir: string) {
   const ossl = (...args: string[]) => execFileSync("openssl", args, { cwd: dir, stdio: "pipe" });
-  const caPair = (name: string) => {
-    ossl(
-      "req",
-      "-x509",
-      "-newkey",
-      "ec",
-      "-pkeyopt",
-      "ec_paramgen_curve:P-256",
-      "-nodes",
-      "-keyout",
-      `${name}.key`,
-      "-out",
-      `${name}.crt`,
-      "-days",
-      "1",
-      "-subj",
-      `/CN=${name}`,
-    );
-  };
+  /** A new P-256 key `<name>.key` and a request (or, with -x509, a self-signed certificate) for CN `cn`. */
+  const newKey = (name: string, cn: string, ...out: string[]) =>
+    ossl("req", ...out, "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-keyout", `${name}.key`, "-subj", `/CN=${cn}`);
+  const caPair = (name: string) => newKey(name, name, "-x509", "-out", `${name}.crt`, "-days", "1");
   const leaf = (name: string, ca: string, cn: string, ext: string) => {
-    ossl(
-      "req",
-      "-newkey",
-      "ec",
-      "-pkeyopt",
-      "ec_paramgen_curve:P-256",
-      "-nodes",
-      "-keyout",
-      `${name}.key`,
-      "-out",
-      `${name}.csr`,
-      "-subj",
-      `/CN=${cn}`,
-    );
+    newKey(name, cn, "-out", `${name}.csr`);
     execFileSync("sh", ["-c", `printf '%s\n' '${ext}' > ${name}.ext`], { cwd: dir });
     ossl(
       "x509",
