@@ -4,7 +4,8 @@
 //  1. rollouts of --small-nodes, then --nodes boards of the fast simulated fleet (one
 //     control plane, the rest workers, one hop, max_unavailable 500), each timed, with
 //     WatchUpgrade's event latency (event time → received by a WatchUpgrade client)
-//     p50/p99, the ratio of the two times, and the CPU the simulated fleet (this process),
+//     p50/p99 beside a bare JetStream consumer's (both in a worker thread, away from the
+//     fleet's event loop), the ratio of the two times, and the CPU the simulated fleet (this process),
 //     the planner and nats-server used meanwhile, as shares of the machine;
 //  2. ingest capacity, side by side with its baseline in the same run: a bare publish
 //     loop (awaiting each ack, as the node-daemons publish) writes --backlog step events
@@ -16,12 +17,14 @@ import { readdirSync, readFileSync, writeFileSync } from "node:fs";
 import { availableParallelism } from "node:os";
 import { join } from "node:path";
 import { parseArgs } from "node:util";
-import { DeliverPolicy, jetstream, jetstreamManager } from "@nats-io/jetstream";
+import { jetstream, jetstreamManager } from "@nats-io/jetstream";
 import { headers } from "@nats-io/nats-core";
+import { Worker } from "node:worker_threads";
 import { SimFleet, type FleetBoard } from "@ferry/node-daemon/sim";
+import type { WatchFigures } from "./lib/watchers.ts";
 import { catalog, events, planner } from "@ferry/proto";
 import { createClient } from "@ferry/grpc";
-import { BUCKETS, connectNats, ensureEventsStream, eventFilter, eventMsgId, eventSubject, EVENTS_STREAM, openBucket } from "@ferry/messaging";
+import { BUCKETS, connectNats, ensureEventsStream, eventMsgId, eventSubject, EVENTS_STREAM, openBucket } from "@ferry/messaging";
 import { encodeManifest } from "@ferry/release";
 import { formatKeyringJson, generateKeyPair, loadSigningKey, parseKeyringJson, signEnvelope } from "@ferry/signing";
 import { NatsServer, placeholderManifest, ServiceProcess, tempDir, waitFor } from "@ferry/testing";
@@ -70,7 +73,6 @@ async function main() {
   using dir = tempDir("ferry-bench-planner-");
   await using nats = await NatsServer.start();
   const nc = await connectNats({ url: nats.url, name: "bench" });
-  const watchNc = await connectNats({ url: nats.url, name: "bench bare consumer" });
   await ensureEventsStream(nc);
   const kp = generateKeyPair();
   const pk = generateKeyPair();
@@ -110,9 +112,10 @@ async function main() {
     const serving = await p.waitForLog((l) => l.msg === "planner serving", 30_000);
     await p.waitForLog((l) => l.msg === "controller started", 30_000);
     const metricsUrl = `http://127.0.0.1:${serving.metricsPort as number}/metrics`;
-    return { p, metricsUrl, client: createClient(planner.PlannerServiceService, `127.0.0.1:${serving.port as number}`, { deadlineMs: 120_000 }) };
+    const addr = `127.0.0.1:${serving.port as number}`;
+    return { p, metricsUrl, addr, client: createClient(planner.PlannerServiceService, addr, { deadlineMs: 120_000 }) };
   };
-  let { p: proc, client, metricsUrl } = await startPlanner();
+  let { p: proc, client, metricsUrl, addr: plannerAddr } = await startPlanner();
   /** One value of the planner's /metrics (the event-loop lag figures reset at each scrape). */
   const scrape = async (name: string) => {
     const text = await (await fetch(metricsUrl)).text();
@@ -174,36 +177,31 @@ async function main() {
       selector,
       strategy: { maxUnavailable: 500, canary: 0, failureBudget: 0, healthTimeoutSeconds: 600, window: undefined },
     };
-    // The baseline: a bare JetStream consumer of the same events on its own connection,
-    // as WatchUpgrade reads them (ordered, pulls of 1,000), timed from the stream's store.
-    const bare: number[] = [];
-    const bareMsgs = await (
-      await jetstream(watchNc).consumers.get(EVENTS_STREAM, { filter_subjects: [eventFilter(`bench-${set}`)], deliver_policy: DeliverPolicy.All })
-    ).consume({ max_messages: 1000 });
-    void (async () => {
-      for await (const m of bareMsgs) bare.push(Date.now() - m.info.timestampNanos / 1e6);
-    })();
+    // The watchers (WatchUpgrade, and the baseline: a bare JetStream consumer of the same
+    // events) run in a worker thread, away from the simulated fleet's event loop.
+    const watchers = new Worker(new URL("./lib/watchers.ts", import.meta.url), {
+      workerData: { natsUrl: nats.url, plannerAddr, upgradeId: `bench-${set}` },
+    });
+    const watched = new Promise<WatchFigures>((resolve, reject) => {
+      watchers.on("message", (m: { ready?: true; done?: WatchFigures }) => m.done && resolve(m.done));
+      watchers.once("error", reject);
+    });
+    await new Promise<void>((r) => watchers.once("message", () => r()));
     await scrape("nodejs_eventloop_lag_max_seconds"); // resets the event-loop figures
     const w0 = await kvWrites();
     const c0 = cpu();
     const t0 = performance.now();
     await client.createUpgrade({ spec, id: `bench-${set}` });
-    const latencies: number[] = [];
-    const fromStored: number[] = [];
-    let done: planner.Upgrade | undefined;
-    for await (const r of client.watchUpgrade({ id: `bench-${set}`, fromStreamSeq: 0 })) {
-      if (r.event?.time) latencies.push(Date.now() - r.event.time.getTime());
-      if (r.storedAt) fromStored.push(Date.now() - r.storedAt.getTime());
-      if (r.snapshot && r.snapshot.phase === planner.UpgradePhase.UPGRADE_PHASE_SUCCEEDED) done = r.snapshot;
-    }
+    watchers.postMessage("go");
+    const { latencies, fromStored, bare, succeeded } = await watched;
+    await watchers.terminate();
     const seconds = (performance.now() - t0) / 1000;
     const used = cpuSince(c0, seconds);
     const loopMaxMs = 1000 * (await scrape("nodejs_eventloop_lag_max_seconds"));
     const w1 = await kvWrites();
     const writes = { state: w1.state - w0.state, assignments: w1.assignments - w0.assignments };
-    await bareMsgs.close();
     fleet.stop();
-    if (!done) throw new Error(`the rollout of ${n} nodes did not succeed`);
+    if (!succeeded) throw new Error(`the rollout of ${n} nodes did not succeed`);
     log(
       `rollout: ${n} nodes in ${seconds.toFixed(1)} s, ${latencies.length} events watched; CPU ${fmtCpu(used)}; ` +
         `planner event loop max lag ${loopMaxMs.toFixed(0)} ms; KV writes: ${writes.state} state (${(writes.state / n).toFixed(2)}/node), ${writes.assignments} assignments`,
@@ -324,7 +322,6 @@ async function main() {
   client.close();
   await proc.kill("SIGTERM");
   await nc.close();
-  await watchNc.close();
 
   const rolloutRatio = large.seconds / small.seconds;
   const r = {
