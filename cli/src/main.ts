@@ -65,13 +65,13 @@ keys
   .argument("<pub...>", "release public key files (.pub)")
   .option("--threshold <n>", "distinct release keys that must sign", (v) => parseIntArg(v, "--threshold"), 1)
   .option(
-    "--planner <pub>",
+    "--planner-key <pub>",
     "the planner's assignment public key (planner.pub from `ferry site init`); repeat during a rotation. Boards refuse every assignment without one",
     (v: string, acc: string[]) => [...acc, v],
     [] as string[],
   )
   .option("-o, --out <file>", "output file (default stdout)")
-  .action((pubs: string[], o: { threshold: number; planner: string[]; out?: string }) => {
+  .action((pubs: string[], o: { threshold: number; plannerKey: string[]; out?: string }) => {
     const read = (files: string[]) =>
       files.map((f) => {
         const pem = readText(f, "public key");
@@ -82,7 +82,7 @@ keys
         }
         return pem;
       });
-    const json = formatKeyringJson(read(pubs), o.threshold, read(o.planner));
+    const json = formatKeyringJson(read(pubs), o.threshold, read(o.plannerKey));
     try {
       parseKeyringJson(json); // the threshold must not exceed the distinct keys; roles apart
     } catch (err) {

@@ -43,6 +43,28 @@ describe("ferry CLI", () => {
     expect(r.stderr).toMatch(/^ferry: .*alice.key already exists/);
   });
 
+  it("lists the planner's assignment key in a board keyring, apart from the release keys", async () => {
+    await ok("site", "init", "--dir", p("site"));
+    await ok(
+      "keys",
+      "keyring",
+      p("alice.pub"),
+      p("bob.pub"),
+      "--threshold",
+      "2",
+      "--planner-key",
+      p("site/planner.pub"),
+      "-o",
+      p("board-keyring.json"),
+    );
+    const ring = JSON.parse(readFileSync(p("board-keyring.json"), "utf8")) as { threshold: number; keys: string[]; planner: string[] };
+    expect(ring).toMatchObject({ threshold: 2 });
+    expect(ring.planner).toEqual([readFileSync(p("site/planner.pub"), "utf8")]);
+    const both = await ferry("keys", "keyring", p("alice.pub"), "--planner-key", p("alice.pub"));
+    expect(both.code).toBe(1);
+    expect(both.stderr).toMatch(/^ferry: key [0-9a-f]{16} is both a release key and a planner key; give each role its own$/m);
+  });
+
   it("writes a manifest from an image, signs it 2-of-2, publishes, lists and finds a path", async () => {
     const raw = randomBytes(100_000);
     writeFileSync(p("os.img.zst"), zstdCompressSync(raw));
