@@ -21,8 +21,9 @@ import type { Logger } from "@ferry/runtime";
 import { HealthStatus } from "./health.ts";
 import { ReflectionIndex } from "./reflection.ts";
 import { StatusError, toStatus } from "./status.ts";
-import { Authorizer, allows, type MethodRoles, type Need, type PrincipalSpec } from "./authz.ts";
-import { summarize, type AuditRecord } from "./audit.ts";
+import { Authorizer, type MethodRoles, type Need, type PrincipalSpec } from "./authz.ts";
+import type { AuditRecord } from "./audit.ts";
+import { CallGate } from "./call-gate.ts";
 
 export interface CallContext {
   /** Aborted when the client cancels, the deadline passes or the server shuts down. */
@@ -104,13 +105,11 @@ export class GrpcServer {
   #services: string[] = [];
   #shutdown = new AbortController();
   #port = 0;
-  readonly #authz: Authorizer;
-  /** Method path → the role it needs (health and reflection: none). */
-  readonly #roles = new Map<string, Need>();
+  readonly #gate: CallGate;
 
   constructor(opts: GrpcServerOptions) {
     this.#opts = opts;
-    this.#authz = new Authorizer(opts.principals ?? [], opts.token);
+    this.#gate = new CallGate(new Authorizer(opts.principals ?? [], opts.token), opts.audit);
     this.#server = new Server({
       "grpc.max_receive_message_length": opts.maxReceiveMessageBytes ?? DEFAULTS.maxReceiveMessageBytes,
       "grpc.max_send_message_length": opts.maxSendMessageBytes ?? DEFAULTS.maxSendMessageBytes,
@@ -142,7 +141,7 @@ export class GrpcServer {
     for (const [key, method] of Object.entries(definition)) {
       const role = (roles as MethodRoles)[key];
       if (!role) throw new Error(`${name}: no role for ${key}`);
-      this.#roles.set(method.path, role);
+      this.#gate.need(method.path, role);
     }
     this.#addRaw(definition, impl, name);
     this.health.set(false, name);
@@ -201,40 +200,6 @@ export class GrpcServer {
     if (!name.startsWith("grpc.")) this.#services.push(name);
   }
 
-  /**
-   * Identifies the caller and checks the method's role; returns what ends the call's audit
-   * record (for methods that need more than `viewer`). A refusal is audited too.
-   */
-  #authorize(path: string, call: CallLike, request: unknown): ((code: string) => void) | undefined {
-    const need = this.#roles.get(path);
-    if (need === undefined || need === "public") return undefined; // health, reflection, and what a service makes public
-    const cn = certCnOf(call);
-    const who = this.#authz.identify(call.metadata, cn);
-    const started = Date.now();
-    const record = (principal: string, code: string) =>
-      this.#opts.audit?.({
-        time: new Date(started),
-        method: path,
-        principal,
-        peer: call.getPeer(),
-        request: summarize(request),
-        code,
-        ms: Date.now() - started,
-      });
-    if ("kind" in who) {
-      if (need !== "viewer") record(cn ? `cert:${cn}` : "unknown", "UNAUTHENTICATED");
-      throw new StatusError(status.UNAUTHENTICATED, who.message);
-    }
-    if (!allows(who.roles, need)) {
-      record(who.name, "PERMISSION_DENIED");
-      throw new StatusError(
-        status.PERMISSION_DENIED,
-        `${who.name} (${who.roles.join(", ")}) may not call ${path.split("/")[2]}: it needs the ${need} role`,
-      );
-    }
-    return need === "viewer" ? undefined : (code) => record(who.name, code);
-  }
-
   /** Builds the call context: signal aborted on cancel, deadline or shutdown. */
   #context(
     call: { metadata: Metadata; getPeer(): string; getDeadline(): Date | number; on(e: "cancelled", f: () => void): unknown },
@@ -280,7 +245,7 @@ export class GrpcServer {
         let end: ((code: string) => void) | undefined;
         void (async () => {
           try {
-            end = this.#authorize(path, call, call.request);
+            end = this.#gate.enter(path, call, call.request);
             const res = await race(handler(call.request, ctx) as Promise<unknown>, ctx.signal);
             cb(null, res);
             this.#opts.onCall?.(path, "OK");
@@ -299,7 +264,7 @@ export class GrpcServer {
         let end: ((code: string) => void) | undefined;
         void (async () => {
           try {
-            end = this.#authorize(path, call, call.request);
+            end = this.#gate.enter(path, call, call.request);
             for await (const item of handler(call.request, ctx) as AsyncIterable<unknown>) {
               if (ctx.signal.aborted) break;
               if (!call.write(item)) await waitDrain(call, ctx.signal);
@@ -322,7 +287,7 @@ export class GrpcServer {
         let end: ((code: string) => void) | undefined;
         void (async () => {
           try {
-            end = this.#authorize(path, call, undefined);
+            end = this.#gate.enter(path, call, undefined);
             const res = await race(handler(call as AsyncIterable<unknown>, ctx) as Promise<unknown>, ctx.signal);
             cb(null, res);
             this.#opts.onCall?.(path, "OK");
@@ -340,7 +305,7 @@ export class GrpcServer {
       let end: ((code: string) => void) | undefined;
       void (async () => {
         try {
-          end = this.#authorize(path, call, undefined);
+          end = this.#gate.enter(path, call, undefined);
           for await (const item of handler(call as AsyncIterable<unknown>, ctx) as AsyncIterable<unknown>) {
             if (ctx.signal.aborted) break;
             if (!call.write(item)) await waitDrain(call, ctx.signal);
@@ -357,14 +322,6 @@ export class GrpcServer {
       })();
     };
   }
-}
-
-type CallLike = { metadata: Metadata; getPeer(): string; getAuthContext?(): { sslPeerCertificate?: { subject?: { CN?: string | string[] } } } };
-
-/** The subject CN of the client's verified certificate (mTLS), if any. */
-function certCnOf(call: CallLike): string | undefined {
-  const cn = call.getAuthContext?.()?.sslPeerCertificate?.subject?.CN;
-  return Array.isArray(cn) ? cn[0] : cn;
 }
 
 /** Rejects with the signal's reason as soon as it aborts, even if the handler ignores it. */
