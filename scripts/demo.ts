@@ -98,6 +98,12 @@ State and logs: .ferry/demo (logs/<service>.log). Ctrl-C stops it.
   The site cache
     ${ferry} cache ls
 
+  Identity and audit (NATS authentication is on; boards were admitted one by one)
+    ${ferry} nodes ls --admissions
+    ${ferry} nodes revoke worker-4 --reason test     # the server cuts it off at once
+    ${ferry} nodes admit worker-4
+    ${ferry} audit ls --since 1h
+
   grpcurl (server reflection everywhere)
     ${g(a.planner)} list
     ${g(a.planner)} ferry.planner.v1.PlannerService/ListNodes
