@@ -19,7 +19,7 @@ import { catalog, type events } from "@ferry/proto";
 import { createClient } from "@ferry/grpc";
 import { encodeManifest, MANIFEST_TYPE, measureImage } from "@ferry/release";
 import { createLogger, readConfig, sleep, v } from "@ferry/runtime";
-import { formatKeyringJson, generateKeyPair, loadSigningKey, signEnvelope } from "@ferry/signing";
+import { formatKeyringJson, loadSigningKey, signEnvelope, writeKeyPair } from "@ferry/signing";
 
 export const DEMO_RELEASES: Array<[string, "healthy" | "unhealthy"]> = [
   ["v1.33.4", "healthy"],
@@ -49,9 +49,7 @@ mkdirSync(c.dataDir, { recursive: true });
 
 const keyFile = join(c.configDir, "release.key");
 if (!existsSync(keyFile)) {
-  const k = generateKeyPair();
-  writeFileSync(keyFile, k.privatePem, { mode: 0o600 });
-  writeFileSync(join(c.configDir, "release.pub"), k.publicPem);
+  writeKeyPair(c.configDir, "release");
   log.info({ dir: c.configDir }, "made the site's release key");
 }
 const signer = loadSigningKey(readFileSync(keyFile));

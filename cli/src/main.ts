@@ -1,6 +1,6 @@
 #!/usr/bin/env node
 // ferry: the operator's and release engineer's command line.
-import { createReadStream, mkdirSync, writeFileSync, existsSync } from "node:fs";
+import { createReadStream, existsSync } from "node:fs";
 import { join } from "node:path";
 import { Command, InvalidArgumentError } from "commander";
 import type { events } from "@ferry/proto";
@@ -8,7 +8,7 @@ import { catalog } from "@ferry/proto";
 import { createClient, GrpcCallError, loadClientOptions } from "@ferry/grpc";
 import { ConfigError, FerryError } from "@ferry/runtime";
 import { encodeManifest, measureImage, MANIFEST_TYPE, parseManifest } from "@ferry/release";
-import { addSignatures, formatKeyringJson, generateKeyPair, loadPublicKey, parseKeyringJson, signEnvelope } from "@ferry/signing";
+import { addSignatures, formatKeyringJson, loadPublicKey, parseKeyringJson, signEnvelope, writeKeyPair } from "@ferry/signing";
 import { registerAuditCommands } from "./commands/audit.ts";
 import { registerFleetCommands } from "./commands/fleet.ts";
 import { CliError, envelopeJson, humanBytes, isEnvelopeFile, readEnvelope, readKeys, readText, table, writeOut } from "./io.ts";
@@ -48,15 +48,12 @@ keys
   .requiredOption("--out <dir>", "directory to write the key files into")
   .option("--name <name>", "file name stem", "release")
   .action((o: { out: string; name: string }) => {
-    mkdirSync(o.out, { recursive: true });
     const priv = join(o.out, `${o.name}.key`);
     if (existsSync(priv)) throw new CliError(`${priv} already exists; refusing to overwrite a private key`);
-    const k = generateKeyPair();
-    writeFileSync(priv, k.privatePem, { mode: 0o600 });
-    writeFileSync(join(o.out, `${o.name}.pub`), k.publicPem);
+    const k = writeKeyPair(o.out, o.name);
     print(
-      { keyId: k.keyId, privateKey: priv, publicKey: join(o.out, `${o.name}.pub`) },
-      () => `key ${k.keyId}\n  private ${priv}\n  public  ${join(o.out, `${o.name}.pub`)}\n`,
+      { keyId: k.keyId, privateKey: k.privateFile, publicKey: k.publicFile },
+      () => `key ${k.keyId}\n  private ${k.privateFile}\n  public  ${k.publicFile}\n`,
     );
   });
 keys

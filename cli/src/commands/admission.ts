@@ -2,7 +2,7 @@
 // against the planner, and the site's identities (NATS, the planner's assignment key).
 import { existsSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
-import { generateKeyPair, loadSigningKey } from "@ferry/signing";
+import { loadSigningKey, writeKeyPair } from "@ferry/signing";
 import type { Command } from "commander";
 import { createUser } from "@nats-io/nkeys";
 import { fmtCreds } from "@nats-io/jwt";
@@ -97,10 +97,6 @@ export function registerAdmissionCommands(nodes: Command, program: Command, ctx:
 /** The planner's assignment key in the site directory (made once): planner.key (0600) and planner.pub. */
 function ensurePlannerKey(dir: string): { keyId: string } {
   const keyFile = join(dir, "planner.key");
-  if (!existsSync(keyFile)) {
-    const k = generateKeyPair();
-    writeFileSync(join(dir, "planner.pub"), k.publicPem);
-    writeFileSync(keyFile, k.privatePem, { mode: 0o600 });
-  }
+  if (!existsSync(keyFile)) return { keyId: writeKeyPair(dir, "planner").keyId };
   return { keyId: loadSigningKey(readFileSync(keyFile)).keyId };
 }

@@ -1,6 +1,8 @@
 // The one ed25519 envelope library: keys, keyrings with a threshold, sign and verify.
 // Signatures cover the exact manifest bytes; nothing is re-serialised before verifying.
 import { createHash, createPrivateKey, createPublicKey, generateKeyPairSync, sign as edSign, verify as edVerify, type KeyObject } from "node:crypto";
+import { mkdirSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
 import type { events } from "@ferry/proto";
 import { FerryError } from "@ferry/runtime";
 
@@ -38,6 +40,20 @@ export function generateKeyPair(): { keyId: string; privatePem: string; publicPe
     privatePem: privateKey.export({ format: "pem", type: "pkcs8" }).toString(),
     publicPem: publicKey.export({ format: "pem", type: "spki" }).toString(),
   };
+}
+
+/**
+ * Writes a new key pair as `<dir>/<name>.key` (mode 0600, never over an existing one) and
+ * `<dir>/<name>.pub`; returns its key id and the two paths.
+ */
+export function writeKeyPair(dir: string, name: string): { keyId: string; privateFile: string; publicFile: string } {
+  mkdirSync(dir, { recursive: true });
+  const privateFile = join(dir, `${name}.key`);
+  const publicFile = join(dir, `${name}.pub`);
+  const k = generateKeyPair();
+  writeFileSync(privateFile, k.privatePem, { mode: 0o600, flag: "wx" });
+  writeFileSync(publicFile, k.publicPem);
+  return { keyId: k.keyId, privateFile, publicFile };
 }
 
 export function loadSigningKey(pem: string | Buffer): SigningKey {
@@ -89,14 +105,12 @@ function keyMap(publicPems: Array<string | Buffer>): Map<string, KeyObject> {
 
 export function createKeyring(publicPems: Array<string | Buffer>, threshold: number, plannerPems: Array<string | Buffer> = []): Keyring {
   const keys = keyMap(publicPems);
-  const planner = keyMap(plannerPems);
-  for (const id of planner.keys())
-    if (keys.has(id)) throw new SignatureError("KEYRING_INVALID", `key ${id} is both a release key and a planner key; give each role its own`);
+  const ring = mergePlanner({ threshold, keys, planner: new Map() }, keyMap(plannerPems));
   if (!Number.isInteger(threshold) || threshold < 1)
     throw new SignatureError("KEYRING_INVALID", `threshold must be an integer ≥ 1, got ${threshold}`);
   if (threshold > keys.size)
     throw new SignatureError("KEYRING_INVALID", `threshold ${threshold} exceeds the ${keys.size} distinct key(s) in the keyring`);
-  return { threshold, keys, planner };
+  return ring;
 }
 
 /**
@@ -132,6 +146,7 @@ export function withPlannerKeys(keyring: Keyring, pemText: string): Keyring {
   return mergePlanner(keyring, keyMap(pems));
 }
 
+/** The keyring with more planner keys; a key may not hold both roles. */
 function mergePlanner(keyring: Keyring, add: Map<string, KeyObject>): Keyring {
   for (const id of add.keys())
     if (keyring.keys.has(id))

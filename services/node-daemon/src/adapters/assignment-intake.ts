@@ -23,6 +23,8 @@ export interface IntakeOptions {
 export class AssignmentIntake {
   readonly #o: IntakeOptions;
   readonly #mark: AtomicJsonFile<AssignmentMark>;
+  /** The file's content, read once (this is its only writer). */
+  #seen: Promise<AssignmentMark | undefined> | undefined;
   #refusal = "";
 
   constructor(o: IntakeOptions) {
@@ -39,7 +41,7 @@ export class AssignmentIntake {
 
   async deliver(s: events.SignedAssignment | undefined): Promise<void> {
     if (!s) return this.#o.accept(undefined);
-    const seen = await this.#mark.read();
+    const seen = await (this.#seen ??= this.#mark.read());
     let a: events.Assignment;
     try {
       a = acceptAssignment(s, this.#o.keyring, { node: this.#o.node, now: this.#o.now?.() ?? new Date(), ...(seen ? { seen } : {}) });
@@ -52,7 +54,10 @@ export class AssignmentIntake {
     }
     this.#refusal = "";
     const mark = markOf(a);
-    if (markAfter(mark, seen)) await this.#mark.write(mark);
+    if (markAfter(mark, seen)) {
+      await this.#mark.write(mark);
+      this.#seen = Promise.resolve(mark);
+    }
     await this.#o.accept(a);
   }
 }
