@@ -92,10 +92,10 @@ export class Distributor {
       return existing;
     }
     const local = header.localPath ? await openConfined(header.localPath, this.importDirs, "FERRY_DISTRIBUTOR_IMPORT_DIRS") : undefined;
-    const fromFile = local !== undefined;
+    const notTheBlob = () => invalidArgument(`${header.localPath} does not hold the declared blob; nothing was stored`, "IMPORT_MISMATCH");
     if (local && local.size !== size) {
       await local.fh.close();
-      throw invalidArgument(`${header.localPath} does not hold the declared blob; nothing was stored`, "IMPORT_MISMATCH");
+      throw notTheBlob();
     }
     const source: AsyncIterable<Uint8Array> = local ? local.fh.createReadStream({ highWaterMark: 1 << 20 }) : chunks;
     const tmp = this.store.tmpPath(digest);
@@ -104,7 +104,7 @@ export class Distributor {
     let n = 0;
     try {
       // The registered size, or the file's own: known, not merely claimed.
-      if (existing?.size !== undefined || fromFile) await this.store.reserve(size, digest);
+      if (existing?.size !== undefined || local) await this.store.reserve(size, digest);
       fh = await open(tmp, "w");
       for await (const chunk of source) {
         if (n + chunk.length > size) throw invalidArgument(`more than the declared ${size} bytes were sent`, "TOO_LONG");
@@ -116,7 +116,7 @@ export class Distributor {
       if (n !== size) throw invalidArgument(`${n} bytes were sent, ${size} declared`, "SIZE_MISMATCH");
       const got = hash.digest("hex");
       if (got !== digest) {
-        if (fromFile) throw invalidArgument(`${header.localPath} does not hold the declared blob; nothing was stored`, "IMPORT_MISMATCH");
+        if (local) throw notTheBlob();
         throw invalidArgument(`the bytes' sha256 is ${got}, not ${digest}; nothing was stored`, "DIGEST_MISMATCH");
       }
       await fh.close();
