@@ -7,7 +7,7 @@
 // the model: a typed view over a stream, with the codec in one place.
 import { jetstream } from "@nats-io/jetstream";
 import { headers } from "@nats-io/nats-core";
-import type { KV, KvEntry, NatsConnection } from "./connection.ts";
+import type { KV, KvEntry, NatsConnection, OnUnreadable } from "./connection.ts";
 import { mirrorBucket, openBucket, readBucket } from "./connection.ts";
 import { catalog, events, planner } from "@ferry/proto";
 import { AUDIT_STREAM, AUDIT_SUBJECT_PREFIX, BUCKETS, EVENTS_STREAM, eventMsgId, eventSubject } from "./names.ts";
@@ -243,9 +243,13 @@ export class TypedBucket<T> {
     }
   }
 
-  /** Mirrors `filter` (see mirrorBucket): every current value, then every change; a value that cannot be read arrives as an error, never a throw. */
-  mirror(filter: string, onEntry: (e: TypedEntry<T>) => void): Promise<() => void> {
-    return mirrorBucket(this.kv, filter, (e) => onEntry(this.#typed(e)));
+  /**
+   * Mirrors `filter` (see mirrorBucket): every current value, then every change; a value
+   * that cannot be decoded arrives as an error entry, never a throw; one `onEntry` cannot
+   * apply (it throws) goes to `onUnreadable`.
+   */
+  mirror(filter: string, onEntry: (e: TypedEntry<T>) => void, onUnreadable: OnUnreadable): Promise<() => void> {
+    return mirrorBucket(this.kv, filter, (e) => onEntry(this.#typed(e)), onUnreadable);
   }
 
   /** Watches `key` (a key or a filter): its changes from now, the current value first. */
@@ -282,4 +286,21 @@ export function stepEventPublisher(nc: NatsConnection, timeoutMs = 5000): StepEv
 /** Reads a step event off the stream (limit checked); throws when it is not one. */
 export function decodeStepEvent(data: Uint8Array): events.StepEvent {
   return CHANNELS.stepEvents.payload.decode(data);
+}
+
+/** Something to log a warning with (a pino logger). */
+interface WarnLog {
+  warn(obj: object, msg: string): void;
+}
+
+/**
+ * The one way a service treats a record it cannot read: a warning naming the bucket and
+ * key (and why), a count (`count`, e.g. a Prometheus counter), and nothing else: the record
+ * is skipped, the service goes on.
+ */
+export function reportUnreadable(bucket: string, log: WarnLog, count: () => void = () => undefined): OnUnreadable {
+  return (key, err) => {
+    count();
+    log.warn({ bucket, key, err: err.message.slice(0, 512) }, `skipped ${bucket}/${key}: it cannot be read`);
+  };
 }

@@ -147,12 +147,17 @@ export async function declareStream(jsm: JetStreamManager, config: Partial<Strea
   }
 }
 
+/** What a reader does with a record it cannot read: log it with its key, count it, go on. */
+export type OnUnreadable = (key: string, err: Error) => void;
+
 /**
  * Mirrors the keys of a bucket matching `key` (a KV filter such as `upgrades.>`): calls
  * `onEntry` for every current value, resolves once all of them are in, and keeps calling it
- * for every later change until the returned `stop` is called.
+ * for every later change until the returned `stop` is called. A value `onEntry` cannot
+ * apply (it throws: the value does not decode) goes to `onUnreadable` with its key and the
+ * mirror goes on: one bad record never stops a service or hides the records after it.
  */
-export async function mirrorBucket(kv: KV, key: string, onEntry: (e: KvEntry) => void): Promise<() => void> {
+export async function mirrorBucket(kv: KV, key: string, onEntry: (e: KvEntry) => void, onUnreadable: OnUnreadable): Promise<() => void> {
   let any = false;
   for await (const _ of await kv.keys(key)) any = true;
   const watcher = await kv.watch({ key });
@@ -161,7 +166,11 @@ export async function mirrorBucket(kv: KV, key: string, onEntry: (e: KvEntry) =>
   if (!any) loaded();
   void (async () => {
     for await (const e of watcher) {
-      onEntry(e);
+      try {
+        onEntry(e);
+      } catch (err) {
+        onUnreadable(e.key, err instanceof Error ? err : new Error(String(err)));
+      }
       if (e.delta === 0) loaded();
     }
   })();

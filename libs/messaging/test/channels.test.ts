@@ -64,10 +64,23 @@ describe("typed buckets and streams", () => {
       await expect(nodes.get("bad")).rejects.toThrow(/^ferry_nodes\/bad: not a readable NodeStatus/);
       await expect(nodes.get("huge")).rejects.toThrow(/^ferry_nodes\/huge: not a readable NodeStatus: NodeStatus: 65537 bytes, over its limit/);
       const seen: TypedEntry<events.NodeStatus>[] = [];
-      const stop = await nodes.mirror(">", (e) => seen.push(e));
+      const refused: string[] = [];
+      // A handler that cannot apply a value (it throws) sends it to onUnreadable; the mirror goes on.
+      const stop = await nodes.mirror(
+        ">",
+        (e) => {
+          if (e.key === "w-1" && seen.every((x) => x.key !== "w-1")) {
+            seen.push(e);
+            throw new Error("cannot apply w-1");
+          }
+          seen.push(e);
+        },
+        (key, err) => refused.push(`${key}: ${err.message}`),
+      );
       await nodes.put("w-2", { ...status, name: "w-2" });
       await waitFor(() => seen.some((e) => e.key === "w-2"));
       stop();
+      expect(refused).toEqual(["w-1: cannot apply w-1"]);
       expect(
         seen
           .filter((e) => "error" in e)

@@ -90,8 +90,31 @@ export async function runMain(app: App, opts: RunOptions): Promise<Lifecycle> {
 }
 
 /**
+ * What a service does with a failure nobody handled (installed by serviceMain, once per
+ * process). A rejected promise nobody awaited is a bug but leaves the state consistent
+ * (every write goes through its own awaited path): it is logged as an error with its
+ * stack and counted, and the service goes on. A synchronous exception that reached the
+ * event loop may have stopped a handler half-way: it is logged as fatal and the process
+ * exits 1 at once, for its supervisor to restart it from its durable state (the journal,
+ * KV), never running on in a state nobody knows.
+ */
+export function installCrashPolicy(logger: Logger, exit: (code: number) => void = (c) => process.exit(c)): { unhandled(): number } {
+  let unhandled = 0;
+  process.on("unhandledRejection", (reason) => {
+    unhandled += 1;
+    logger.error({ err: reason, unhandledRejections: unhandled }, "unhandled promise rejection (a bug): logged; the service goes on");
+  });
+  process.on("uncaughtException", (err) => {
+    logger.fatal({ err }, "uncaught exception: exiting for the supervisor to restart from durable state");
+    exit(1);
+  });
+  return { unhandled: () => unhandled };
+}
+
+/**
  * The whole `main` of a service: reads its config once, creates the app with the root
- * logger and runs it. Config errors exit 2 with one line naming every bad variable.
+ * logger and runs it under the crash policy (installCrashPolicy). Config errors exit 2
+ * with one line naming every bad variable.
  */
 export async function serviceMain<C extends { logLevel: LevelWithSilent }>(
   name: string,
@@ -102,6 +125,7 @@ export async function serviceMain<C extends { logLevel: LevelWithSilent }>(
   try {
     const config = loadConfig();
     const logger = createLogger(name, config.logLevel);
+    installCrashPolicy(logger);
     await runMain(createApp(config, logger), { logger });
   } catch (err) {
     if (err instanceof ConfigError) {

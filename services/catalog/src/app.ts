@@ -2,11 +2,11 @@
 import { readFileSync } from "node:fs";
 import { catalog } from "@ferry/proto";
 import { auditTo, GrpcServer } from "@ferry/grpc";
-import { AuditSink, CHANNELS, connectNats, openBucket, type NatsConnection } from "@ferry/messaging";
+import { AuditSink, CHANNELS, connectNats, openBucket, reportUnreadable, type NatsConnection } from "@ferry/messaging";
 import { serveMetrics, type App, type Logger, type MetricsServer } from "@ferry/runtime";
 import { loadSigningKey, parseKeyringJson } from "@ferry/signing";
 import { KvCatalogStore } from "./adapters/kv-store.ts";
-import { Catalog } from "./catalog.ts";
+import { Catalog, storedReleaseVerifier } from "./catalog.ts";
 import type { Config } from "./config.ts";
 import { catalogHandlers } from "./grpc/handlers.ts";
 import { CATALOG_ROLES } from "./grpc/roles.ts";
@@ -66,7 +66,10 @@ export function createApp(config: Config, logger: Logger): CatalogApp {
         history: CHANNELS.catalog.history,
         description: CHANNELS.catalog.description,
       });
-      store = new KvCatalogStore(kv);
+      store = new KvCatalogStore(kv, {
+        verify: storedReleaseVerifier(keyring, siteKey),
+        onUnreadable: reportUnreadable(config.bucket, logger, () => metrics.unreadable.inc()),
+      });
       await store.start();
       const cat = new Catalog({
         store,

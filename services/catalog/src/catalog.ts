@@ -3,8 +3,18 @@
 import type { catalog } from "@ferry/proto";
 import { events } from "@ferry/proto";
 import { alreadyExists, failedPrecondition, invalidArgument, notFound } from "@ferry/runtime";
-import { encodeManifest, isVersion, measureImage, MANIFEST_TYPE, parseVersion, compareVersions, truncate, verifyRelease } from "@ferry/release";
-import { signEnvelope, type Keyring, type SigningKey } from "@ferry/signing";
+import {
+  encodeManifest,
+  isVersion,
+  measureImage,
+  MANIFEST_TYPE,
+  parseManifest,
+  parseVersion,
+  compareVersions,
+  truncate,
+  verifyRelease,
+} from "@ferry/release";
+import { createKeyring, publicPemOf, signEnvelope, verifyEnvelope, type Keyring, type SigningKey } from "@ferry/signing";
 import type { KvCatalogStore } from "./adapters/kv-store.ts";
 import { openImage, type ImageSourceOptions } from "./adapters/image-source.ts";
 import { edgeKey, findPath, graphEdges, LATEST, resolveTarget, type CatalogView, type TargetKind } from "./domain/graph.ts";
@@ -268,6 +278,30 @@ export class Catalog {
       blockedEdges: new Map([...this.#store.blockedEdges().values()].map((e) => [edgeKey(e.fromVersion, e.toVersion), e.reason])),
     };
   }
+}
+
+/**
+ * Checks a release read back from the bucket as publish checked it: its envelope carries
+ * the keyring's threshold of signatures (or the site key's, for an imported release) and
+ * its manifest is the signed one (the served manifest is re-read from the envelope, so a
+ * record whose fields were edited serves what was signed or nothing). Expiry is not
+ * checked here: an expired release stays listed, and boards refuse to install it.
+ */
+export function storedReleaseVerifier(keyring: Keyring, siteKey: SigningKey | undefined): (r: Release) => Release {
+  const siteRing = siteKey && createKeyring([publicPemOf(siteKey)], 1);
+  return (r) => {
+    if (!r.envelope) throw new Error(`release ${r.version} has no signed envelope`);
+    let keyIds: string[];
+    try {
+      keyIds = verifyEnvelope(r.envelope, keyring);
+    } catch (err) {
+      if (!r.resignedBySite || !siteRing) throw err;
+      keyIds = verifyEnvelope(r.envelope, siteRing);
+    }
+    const manifest = parseManifest(r.envelope.manifest);
+    if (manifest.version !== r.version) throw new Error(`the record says ${r.version}, its signed manifest ${manifest.version}`);
+    return { ...r, manifest, signedBy: keyIds };
+  };
 }
 
 function sameImages(a: events.ReleaseManifest, b: events.ReleaseManifest): boolean {

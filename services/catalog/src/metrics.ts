@@ -11,6 +11,7 @@ export interface CatalogState {
 export class CatalogMetrics {
   readonly registry = new Registry();
   readonly calls: Counter<"method" | "code">;
+  readonly unreadable: Counter;
 
   constructor(state: CatalogState) {
     const registers = [this.registry];
@@ -36,6 +37,11 @@ export class CatalogMetrics {
       name: "ferry_catalog_calls_total",
       help: "gRPC calls answered, by method and status code",
       labelNames: ["method", "code"],
+      registers,
+    });
+    this.unreadable = new Counter({
+      name: "ferry_catalog_unreadable_records_total",
+      help: "Records in the catalog bucket skipped because they do not decode or their signatures do not verify (each logged with its key)",
       registers,
     });
     collectDefaultMetrics({ register: this.registry });

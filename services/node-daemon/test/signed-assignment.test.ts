@@ -78,6 +78,13 @@ describe("signed assignments on a real daemon", () => {
         ["other-node", signed(go, "edge-2")],
         ["expired", signed(go, NODE, undefined, -1000)],
       ];
+      // Bytes that are no SignedAssignment at all: refused as malformed, and the watch goes on.
+      const before = refusedCount("malformed");
+      await assignments.kv.put(NODE, new Uint8Array([0x0a, 0xff, 0xff, 0xff, 0x0f]));
+      await waitFor(() => refusedCount("malformed") === before + 1, { what: "an undecodable assignment refused and counted" });
+      await waitFor(async () => (await status())?.assignmentRefused.startsWith("malformed: ferry_assignments/edge-1: not a readable") === true, {
+        what: "the heartbeat names the undecodable assignment",
+      });
       for (const [reason, s] of forged) {
         const before = refusedCount(reason);
         await assignments.put(NODE, s);

@@ -14,6 +14,7 @@ import {
   ensureEventsStream,
   SiteAuth,
   TypedBucket,
+  reportUnreadable,
   type NatsConnection,
 } from "@ferry/messaging";
 import { Admission } from "./admission.ts";
@@ -129,12 +130,18 @@ export function createApp(config: Config, logger: Logger, over: PlannerOverrides
       const assignments = await TypedBucket.open(conn, CHANNELS.assignments, opts);
       const nodes = await TypedBucket.open(conn, CHANNELS.nodeStatus, opts);
       // The catalog's bucket (its only writer is the catalog): mirrored for blocks, retried until it exists.
-      blocks = new CatalogBlocks(async () => (await TypedBucket.read(conn, CHANNELS.catalog)).kv, log.child({ component: "catalog-blocks" }));
+      const unreadable = (c: { bucket: string }) => reportUnreadable(c.bucket, log, () => metrics.unreadable.inc({ bucket: c.bucket }));
+      blocks = new CatalogBlocks(
+        async () => (await TypedBucket.read(conn, CHANNELS.catalog)).kv,
+        log.child({ component: "catalog-blocks" }),
+        unreadable(CHANNELS.catalog),
+      );
       blocks.onChange = () => void controller?.kick();
       blocks.start();
-      store = new UpgradeStore(plannerKv);
+      store = new UpgradeStore(plannerKv, unreadable(CHANNELS.rollout));
       await store.start();
       inventory = new Inventory(nodes, config.offlineSeconds * 1000);
+      inventory.onUnreadable = unreadable(CHANNELS.nodeStatus);
       inventory.onForged = (key, named) => {
         metrics.forged.inc({ kind: "heartbeat" });
         log.warn({ key, named: named.slice(0, 80) }, "forged heartbeat refused: its payload names another node than its key");

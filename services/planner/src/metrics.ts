@@ -26,6 +26,7 @@ export class PlannerMetrics {
   readonly watchStreams: Gauge;
   readonly admissionRefused: Counter;
   readonly forged: Counter;
+  readonly unreadable: Counter<"bucket">;
 
   constructor(state: PlannerState) {
     const registers = [this.registry];
@@ -111,6 +112,12 @@ export class PlannerMetrics {
       name: "ferry_planner_forged_messages_total",
       help: "Heartbeats and step events whose payload names another node than their key or subject (refused)",
       labelNames: ["kind"],
+      registers,
+    });
+    this.unreadable = new Counter({
+      name: "ferry_planner_unreadable_records_total",
+      help: "Records read from NATS that do not decode, by bucket (each skipped and logged with its key)",
+      labelNames: ["bucket"],
       registers,
     });
     // Every series exists from the start (at 0), so rate() and alerts see the first refusal.

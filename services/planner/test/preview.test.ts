@@ -96,6 +96,44 @@ describe("PreviewUpgrade", () => {
     );
   });
 
+  it("a control-plane node that heartbeats a version that is not one is held back alone; preview and create go on", async () => {
+    await using site = await Site.start({ releases: ["v1.33.4", "v1.34.2", "v1.35.1"] });
+    await site.fleet(boards(3));
+    const nodes = await openBucket(site.nc, BUCKETS.nodes);
+    const bad = events.NodeStatus.fromPartial({
+      name: "cp-bad",
+      board: BOARD,
+      role: events.Role.ROLE_CONTROL_PLANE,
+      currentVersion: "not-a-version",
+      state: events.NodeState.NODE_STATE_IDLE,
+      lastHeartbeat: new Date(),
+    });
+    const { client } = await site.planner();
+    await nodes.put("cp-bad", events.NodeStatus.encode(bad).finish());
+    await waitFor(async () => (await client.listNodes({ selector: "" })).nodes.length === 4);
+    const spec = { target: "v1.34", selector: "", strategy: undefined };
+    const pv = await client.previewUpgrade({ spec });
+    expect(Object.fromEntries(pv.nodes.map((n) => [n.node, n.heldBackCode]))).toEqual({
+      "cp-bad": "VERSION_INVALID",
+      "cp-0": "",
+      "worker-1": "",
+      "worker-2": "",
+    });
+    expect(pv.nodes.find((n) => n.node === "cp-bad")!.heldBackReason).toBe(
+      'reports version "not-a-version", which is not a version (vMAJOR.MINOR.PATCH)',
+    );
+    // Also when the selector names only workers (capped by cp-0, the control-plane node whose version is known), and for create.
+    const workers = await client.previewUpgrade({ spec: { ...spec, selector: "ferry.dev/role=worker" } });
+    expect(workers.nodes.map((n) => [n.node, n.heldBackCode])).toEqual([
+      ["worker-1", "SKEW"],
+      ["worker-2", "SKEW"],
+    ]);
+    expect(workers.nodes[0]!.heldBackReason).toMatch(/control-plane node cp-0 \(stays on v1\.33\.4\)/);
+    const created = await client.createUpgrade({ spec, id: "past-bad" });
+    expect(created.plan.find((p) => p.node === "cp-bad")!.heldBackCode).toBe("VERSION_INVALID");
+    client.close();
+  });
+
   it("serves reflection for grpcurl and answers JSON calls", async () => {
     await using site = await Site.start();
     await site.fleet(boards(2));

@@ -13,6 +13,7 @@ import { newProgress } from "../src/domain/progress.ts";
 import { Working } from "../src/working.ts";
 import { boards, Site } from "./harness.ts";
 
+const skipUnreadable = () => undefined;
 const R = planner.NodeRunState;
 const P = planner.UpgradePhase;
 
@@ -50,8 +51,8 @@ async function bucket() {
 describe("upgrade store", () => {
   it("writes progress per chunk, only the chunks that changed, and reads it back whole on a follower and a new leader", async () => {
     await using b = await bucket();
-    const store = new UpgradeStore(b.kv);
-    const follower = new UpgradeStore(b.kv);
+    const store = new UpgradeStore(b.kv, skipUnreadable);
+    const follower = new UpgradeStore(b.kv, skipUnreadable);
     await store.start();
     await follower.start();
     const n = CHUNK_SIZE * 2 + 10; // three chunks, the last one short
@@ -77,7 +78,7 @@ describe("upgrade store", () => {
     // A follower sees the whole upgrade; so does a new leader loading from the bucket.
     await waitFor(() => follower.get("big")?.upgrade.progress[CHUNK_SIZE + 3]?.percent === 42);
     expect(follower.get("big")!.upgrade.progress.map((p) => p.node)).toEqual(u.progress.map((p) => p.node));
-    const [loaded] = (await new UpgradeStore(b.kv).load()).upgrades;
+    const [loaded] = (await new UpgradeStore(b.kv, skipUnreadable).load()).upgrades;
     expect(loaded!.upgrade.progress).toHaveLength(n);
     expect(loaded!.upgrade.progress[CHUNK_SIZE + 3]).toMatchObject({ percent: 42, message: "writing" });
     expect(loaded!.upgrade.nodesTotal).toBe(n);
@@ -87,27 +88,30 @@ describe("upgrade store", () => {
 
   it("a write cut after a chunk and before its header loses nothing; an upgrade missing a chunk is named, not driven", async () => {
     await using b = await bucket();
-    const store = new UpgradeStore(b.kv);
+    const store = new UpgradeStore(b.kv, skipUnreadable);
     await store.start();
     const u = upgrade("cut", CHUNK_SIZE + 1);
     await store.create(u);
     // The former leader wrote chunk 0 only, then died: the header is still inline.
     await store.putChunk("cut", 0, u.progress.slice(0, CHUNK_SIZE), 0);
-    const [s] = (await new UpgradeStore(b.kv).load()).upgrades;
+    const [s] = (await new UpgradeStore(b.kv, skipUnreadable).load()).upgrades;
     expect(s!.upgrade.chunkSize).toBe(0);
     expect(s!.upgrade.progress).toHaveLength(CHUNK_SIZE + 1);
     expect(s!.chunks.get(0)).toBeGreaterThan(0); // the stale chunk is overwritten by revision, not created again
     const x = new Working(s!);
     await x.persist(store);
-    expect((await new UpgradeStore(b.kv).load()).upgrades[0]!.upgrade.progress).toHaveLength(CHUNK_SIZE + 1);
+    expect((await new UpgradeStore(b.kv, skipUnreadable).load()).upgrades[0]!.upgrade.progress).toHaveLength(CHUNK_SIZE + 1);
     await b.kv.purge(chunkKey("cut", 1));
-    expect(await new UpgradeStore(b.kv).load()).toEqual({ upgrades: [], broken: ["upgrade cut: progress chunk 1 of 2 is missing from the bucket"] });
+    expect(await new UpgradeStore(b.kv, skipUnreadable).load()).toEqual({
+      upgrades: [],
+      broken: ["upgrade cut: progress chunk 1 of 2 is missing from the bucket"],
+    });
     store.stop();
   });
 
   it("compacts a finished upgrade into one key and removes it with its chunks", async () => {
     await using b = await bucket();
-    const store = new UpgradeStore(b.kv);
+    const store = new UpgradeStore(b.kv, skipUnreadable);
     await store.start();
     const u = upgrade("done", CHUNK_SIZE * 3);
     const x = new Working({ upgrade: u, revision: (await store.create(u))!, chunks: new Map() });
@@ -120,18 +124,18 @@ describe("upgrade store", () => {
     const keys: string[] = [];
     for await (const k of await b.kv.keys("upgrades.>")) keys.push(k);
     expect(keys).toEqual(["upgrades.done"]);
-    const [s] = (await new UpgradeStore(b.kv).load()).upgrades;
+    const [s] = (await new UpgradeStore(b.kv, skipUnreadable).load()).upgrades;
     expect(s!.upgrade).toMatchObject({ chunkSize: 0, nodesDone: CHUNK_SIZE * 3, phase: P.UPGRADE_PHASE_SUCCEEDED });
     await store.remove("done");
     expect(store.get("done")).toBeUndefined();
-    expect(await new UpgradeStore(b.kv).load()).toEqual({ upgrades: [], broken: [] });
+    expect(await new UpgradeStore(b.kv, skipUnreadable).load()).toEqual({ upgrades: [], broken: [] });
     store.stop();
   });
 
   it("skips a value that does not decode: mirrors go on, a new leader names it", async () => {
     await using b = await bucket();
     await b.kv.put("upgrades.bad", new Uint8Array([0x28, 0xb5, 0x2f, 0xfd, 0x00])); // truncated zstd
-    const store = new UpgradeStore(b.kv);
+    const store = new UpgradeStore(b.kv, skipUnreadable);
     await store.start();
     expect(store.get("bad")).toBeUndefined();
     const { broken } = await store.load();
@@ -147,7 +151,7 @@ describe("upgrade store", () => {
     await b.kv.put("upgrades.bomb", bomb);
     await b.kv.put("claims", bomb);
     const before = process.memoryUsage().rss;
-    const store = new UpgradeStore(b.kv);
+    const store = new UpgradeStore(b.kv, skipUnreadable);
     await store.start();
     expect(store.get("bomb")).toBeUndefined();
     const { broken } = await store.load();
@@ -194,7 +198,7 @@ describe("history", () => {
     await using site = await Site.start();
     await site.fleet(boards(1));
     const kv = await openBucket(site.nc, BUCKETS.planner);
-    const store = new UpgradeStore(kv);
+    const store = new UpgradeStore(kv, skipUnreadable);
     await store.start();
     const old = upgrade("ancient", 3);
     old.phase = P.UPGRADE_PHASE_SUCCEEDED;

@@ -6,13 +6,24 @@
 //   edges.<from>=<to>       catalog.v1.BlockedEdge
 import type { catalog } from "@ferry/proto";
 import { aborted } from "@ferry/runtime";
-import { isRevisionConflict, mirrorBucket, RECORDS, type KV } from "@ferry/messaging";
+import { isRevisionConflict, mirrorBucket, RECORDS, type KV, type OnUnreadable } from "@ferry/messaging";
 
 type Release = catalog.Release;
 type Alias = catalog.Alias;
 type BlockedEdge = catalog.BlockedEdge;
 
 const MAX_CAS_ATTEMPTS = 8;
+
+export interface KvCatalogStoreOptions {
+  /**
+   * Checks a release read from the bucket as publish does (its signatures, its manifest
+   * the signed one) and returns it as it is to be served; throws when it does not verify.
+   * Whoever can write the bucket still cannot add or change a release.
+   */
+  verify: (r: Release) => Release;
+  /** A record that does not decode or verify: skipped, never served, never fatal. */
+  onUnreadable: OnUnreadable;
+}
 
 export class KvCatalogStore {
   readonly #kv: KV;
@@ -22,8 +33,11 @@ export class KvCatalogStore {
   #ready = false;
   #stop: (() => void) | undefined;
 
-  constructor(kv: KV) {
+  readonly #o: KvCatalogStoreOptions;
+
+  constructor(kv: KV, o: KvCatalogStoreOptions) {
     this.#kv = kv;
+    this.#o = o;
   }
 
   get ready(): boolean {
@@ -32,7 +46,15 @@ export class KvCatalogStore {
 
   /** Loads every key and keeps following changes; resolves once the snapshot is loaded. */
   async start(): Promise<void> {
-    this.#stop = await mirrorBucket(this.#kv, ">", (e) => this.#apply(e.key, e.operation === "PUT" ? e.value : undefined, e.revision));
+    this.#stop = await mirrorBucket(
+      this.#kv,
+      ">",
+      (e) => this.#apply(e.key, e.operation === "PUT" ? e.value : undefined, e.revision),
+      (key, err) => {
+        this.#forget(key);
+        this.#o.onUnreadable(key, err);
+      },
+    );
     this.#ready = true;
   }
 
@@ -47,14 +69,34 @@ export class KvCatalogStore {
     if (kind === "releases") {
       const cur = this.#releases.get(name);
       if (cur && cur.revision >= revision) return;
-      if (value) this.#releases.set(name, { value: RECORDS.release.decode(value), revision });
-      else this.#releases.delete(name);
+      if (value) {
+        const r = this.#o.verify(RECORDS.release.decode(value));
+        if (r.version !== name) throw new Error(`the record is release ${r.version}, not ${name}`);
+        this.#releases.set(name, { value: r, revision });
+      } else this.#releases.delete(name);
     } else if (kind === "aliases") {
       if (value) this.#aliases.set(name, RECORDS.alias.decode(value));
       else this.#aliases.delete(name);
     } else if (kind === "edges") {
       if (value) this.#edges.set(name, RECORDS.blockedEdge.decode(value));
       else this.#edges.delete(name);
+    }
+  }
+
+  /**
+   * A key whose new value cannot be read: its old value is no longer served either (a
+   * release or alias is gone), except a blocked edge, which stays blocked (never unblock
+   * on a record nobody can read).
+   */
+  #forget(key: string): void {
+    const dot = key.indexOf(".");
+    const [kind, name] = [key.slice(0, dot), key.slice(dot + 1)];
+    if (kind === "releases") this.#releases.delete(name);
+    else if (kind === "aliases") this.#aliases.delete(name);
+    else if (kind === "edges") {
+      const [fromVersion, toVersion] = name.split("=");
+      if (fromVersion && toVersion)
+        this.#edges.set(name, { fromVersion, toVersion, reason: "its block record cannot be read; kept blocked", blockedAt: undefined });
     }
   }
 

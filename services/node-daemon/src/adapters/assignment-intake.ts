@@ -39,17 +39,19 @@ export class AssignmentIntake {
     return this.#refusal;
   }
 
-  async deliver(s: events.SignedAssignment | undefined): Promise<void> {
+  /** `s`: the key's value; undefined when deleted; an Error when it does not decode (refused as malformed). */
+  async deliver(s: events.SignedAssignment | undefined | Error): Promise<void> {
     if (!s) return this.#o.accept(undefined);
     const seen = await (this.#seen ??= this.#mark.read());
     let a: events.Assignment;
     try {
+      if (s instanceof Error) throw new AssignmentRefused("malformed", s.message);
       a = acceptAssignment(s, this.#o.keyring, { node: this.#o.node, now: this.#o.now?.() ?? new Date(), ...(seen ? { seen } : {}) });
     } catch (err) {
       if (!(err instanceof AssignmentRefused)) throw err;
-      this.#refusal = `${err.reason}: ${err.message}`;
+      this.#refusal = `${err.reason}: ${err.message.slice(0, 512)}`;
       this.#o.refused?.(err.reason);
-      this.#o.log.warn({ reason: err.reason, err: err.message }, "refusing an assignment; keeping the grant already held");
+      this.#o.log.warn({ reason: err.reason, err: err.message.slice(0, 512) }, "refusing an assignment; keeping the grant already held");
       return;
     }
     this.#refusal = "";

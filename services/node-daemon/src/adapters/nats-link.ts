@@ -17,7 +17,8 @@ export interface NatsLinkOptions {
   /** The status to heartbeat. */
   status: () => Promise<events.NodeStatus>;
   /** The assignment watch delivered a value (undefined: deleted, purged or unreadable); not verified yet. */
-  onAssignment: (a: events.SignedAssignment | undefined) => Promise<void>;
+  /** The assignment key's value: a signed assignment, undefined when deleted, an Error when it does not decode. */
+  onAssignment: (a: events.SignedAssignment | undefined | Error) => Promise<void>;
   /** The credentials file to connect with (waits for admission; undefined: none). */
   credentials?: (onWaiting: (why: string) => void) => Promise<string | undefined>;
 }
@@ -79,8 +80,7 @@ export class NatsLink {
         backoff.reset();
         this.#o.log.info("NATS session up: heartbeating, watching the assignment, delivering events");
         for await (const e of watcher) {
-          if ("error" in e) this.#o.log.warn({ err: e.error.message }, "unreadable assignment; keeping the grant already held");
-          await this.#o.onAssignment("error" in e ? undefined : e.value);
+          await this.#o.onAssignment("error" in e ? e.error : e.value);
         }
         if (!this.#o.signal.aborted) throw new Error("the assignment watch ended");
       } catch (err) {

@@ -2,7 +2,7 @@
 // (`releases.<version>` with its blocked flag, `edges.<from>=<to>` for blocked edges; the
 // catalog is that bucket's only writer). A running upgrade consults it on every tick, so
 // blocking a release or an edge holds the nodes that have not passed their reboot gate.
-import { mirrorBucket, RECORDS, type KV } from "@ferry/messaging";
+import { mirrorBucket, RECORDS, type KV, type OnUnreadable } from "@ferry/messaging";
 import { Backoff, type Logger } from "@ferry/runtime";
 
 export class CatalogBlocks {
@@ -14,9 +14,13 @@ export class CatalogBlocks {
   #stopped = false;
   onChange: () => void = () => undefined;
 
-  constructor(open: () => Promise<KV>, log: Logger) {
+  readonly #onUnreadable: OnUnreadable;
+
+  /** `onUnreadable`: a record that does not decode (it is not a block). */
+  constructor(open: () => Promise<KV>, log: Logger, onUnreadable: OnUnreadable) {
     this.#open = open;
     this.#log = log;
+    this.#onUnreadable = onUnreadable;
   }
 
   /** Mirrors the bucket in the background, retrying (with backoff) until the catalog has created it. */
@@ -36,24 +40,25 @@ export class CatalogBlocks {
   }
 
   async #mirror(kv: KV): Promise<void> {
-    const stop = await mirrorBucket(kv, ">", (e) => {
-      const put = e.operation === "PUT" && e.value.length > 0;
-      try {
+    const stop = await mirrorBucket(
+      kv,
+      ">",
+      (e) => {
+        const put = e.operation === "PUT" && e.value.length > 0;
         if (e.key.startsWith("releases.")) {
-          const r = put ? RECORDS.release.decode(e.value) : undefined;
           const version = e.key.slice("releases.".length);
+          this.#releases.delete(version);
+          const r = put ? RECORDS.release.decode(e.value) : undefined;
           if (r?.blocked) this.#releases.set(version, r.blockReason);
-          else this.#releases.delete(version);
         } else if (e.key.startsWith("edges.")) {
           const name = e.key.slice("edges.".length);
           if (put) this.#edges.set(name, RECORDS.blockedEdge.decode(e.value).reason);
           else this.#edges.delete(name);
         }
-      } catch {
-        // an undecodable entry is not a block
-      }
-      this.onChange();
-    });
+        this.onChange();
+      },
+      this.#onUnreadable,
+    );
     if (this.#stopped) stop();
     else this.#stop = stop;
   }

@@ -2,7 +2,7 @@
 // online while its key was written within the offline threshold (the server's own
 // timestamp of the write, so a board's wrong clock does not matter).
 import { events } from "@ferry/proto";
-import type { TypedBucket } from "@ferry/messaging";
+import type { OnUnreadable, TypedBucket } from "@ferry/messaging";
 
 export interface NodeEntry {
   status: events.NodeStatus;
@@ -26,8 +26,8 @@ export class Inventory {
   /** Node objects by name; a node's role there wins over the one its daemon reports. */
   cluster = new Map<string, ClusterNode>();
 
-  /** Heartbeats that could not be read (a node that disagrees with the payload type). */
-  unreadable = 0;
+  /** A heartbeat that cannot be read (a node that disagrees with the payload type): ignored, the node shows as it was. */
+  onUnreadable: OnUnreadable = () => undefined;
   /** Heartbeats whose payload names another node than their key (refused). */
   forged = 0;
   onForged: (key: string, named: string) => void = () => undefined;
@@ -38,21 +38,25 @@ export class Inventory {
   }
 
   async start(): Promise<void> {
-    this.#stop = await this.#kv.mirror(">", (e) => {
-      if ("error" in e) {
-        this.unreadable++; // a malformed heartbeat is ignored; the node shows as it was
-        return;
-      }
-      // The key is the node's (only its own user may write it): a payload naming another is forged.
-      if (e.value && e.value.name !== e.key) {
-        this.forged++;
-        this.onForged(e.key, e.value.name);
-        return;
-      }
-      if (e.value) this.nodes.set(e.key, { status: this.#withClusterRole(e.value), seenAt: e.created });
-      else this.nodes.delete(e.key);
-      this.onChange(e.key);
-    });
+    this.#stop = await this.#kv.mirror(
+      ">",
+      (e) => {
+        if ("error" in e) {
+          this.onUnreadable(e.key, e.error);
+          return;
+        }
+        // The key is the node's (only its own user may write it): a payload naming another is forged.
+        if (e.value && e.value.name !== e.key) {
+          this.forged++;
+          this.onForged(e.key, e.value.name);
+          return;
+        }
+        if (e.value) this.nodes.set(e.key, { status: this.#withClusterRole(e.value), seenAt: e.created });
+        else this.nodes.delete(e.key);
+        this.onChange(e.key);
+      },
+      (key, err) => this.onUnreadable(key, err),
+    );
   }
 
   /** Removes a node's heartbeat (a decommissioned node); it comes back if the node heartbeats again. */

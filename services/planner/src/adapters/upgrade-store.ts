@@ -13,7 +13,7 @@ import { setImmediate as yieldToLoop } from "node:timers/promises";
 import { promisify } from "node:util";
 import { zstdCompress, zstdDecompressSync } from "node:zlib";
 import { planner } from "@ferry/proto";
-import { isRevisionConflict, mirrorBucket, type KV } from "@ferry/messaging";
+import { isRevisionConflict, mirrorBucket, type KV, type OnUnreadable } from "@ferry/messaging";
 import { aborted } from "@ferry/runtime";
 import { summarize } from "../domain/progress.ts";
 
@@ -86,19 +86,22 @@ export class UpgradeStore {
   #stop: (() => void) | undefined;
   ready = false;
 
-  constructor(kv: KV) {
+  readonly #onUnreadable: OnUnreadable;
+
+  /** `onUnreadable`: a value that does not decode (skipped; the leader's next write replaces it). */
+  constructor(kv: KV, onUnreadable: OnUnreadable) {
     this.#kv = kv;
+    this.#onUnreadable = onUnreadable;
   }
 
   /** Loads every upgrade and keeps following changes; resolves once the snapshot is in. */
   async start(): Promise<void> {
-    this.#stop = await mirrorBucket(this.#kv, `${PREFIX}>`, (e) => {
-      try {
-        this.#apply(e.key, e.operation === "PUT" ? e.value : undefined, e.revision);
-      } catch {
-        // an undecodable value: the leader's next write replaces it
-      }
-    });
+    this.#stop = await mirrorBucket(
+      this.#kv,
+      `${PREFIX}>`,
+      (e) => this.#apply(e.key, e.operation === "PUT" ? e.value : undefined, e.revision),
+      this.#onUnreadable,
+    );
     this.ready = true;
   }
 

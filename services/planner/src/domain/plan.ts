@@ -4,10 +4,10 @@
 // never once per node, so a preview of 10,000 nodes costs a handful of catalog calls.
 import type { planner } from "@ferry/proto";
 import { events } from "@ferry/proto";
-import { compareVersions, parseVersion } from "@ferry/release";
+import { compareVersions, isVersion, parseVersion, truncate } from "@ferry/release";
 import { invalidArgument } from "@ferry/runtime";
 import type { Selector } from "./selector.ts";
-import { minorOf } from "./versions.ts";
+import { minorOf, reportedMinor } from "./versions.ts";
 import { previewWaves } from "./waves.ts";
 
 export interface InventoryNode {
@@ -36,6 +36,7 @@ export const HELD = {
   claimed: "CLAIMED",
   skew: "SKEW",
   busy: "BUSY",
+  badVersion: "VERSION_INVALID",
 } as const;
 
 export interface Plan {
@@ -115,6 +116,10 @@ export async function planUpgrade(
       hold(HELD.busy, `busy: ${events.nodeStateToJSON(s.state)} ${s.upgradeId}`.trim());
       continue;
     }
+    if (!isVersion(s.currentVersion)) {
+      hold(HELD.badVersion, `reports version "${truncate(s.currentVersion, 64)}", which is not a version (vMAJOR.MINOR.PATCH)`);
+      continue;
+    }
     const r = await path(s.board, s.currentVersion);
     if (!r.ok) {
       hold(r.code, r.reason);
@@ -167,10 +172,11 @@ function holdBackForSkew(all: InventoryNode[], plans: planner.NodePlan[]): void 
     // The minor each control-plane node ends on.
     let oldest: { node: string; minor: number; version: string } | undefined;
     for (const n of all) {
-      if (n.status.role !== CP || !n.status.currentVersion) continue;
+      if (n.status.role !== CP) continue;
       const p = byName.get(n.status.name);
       const end = p && !p.heldBackCode && p.hops.length ? p.hops.at(-1)! : n.status.currentVersion;
-      const minor = minorOf(end);
+      const minor = reportedMinor(end);
+      if (minor === undefined) continue; // no version, or not one (held back as VERSION_INVALID)
       if (!oldest || minor < oldest.minor) oldest = { node: n.status.name, minor, version: end };
     }
     if (!oldest) return;

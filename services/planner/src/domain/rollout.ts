@@ -15,7 +15,7 @@
 //   progress; resuming accepts the failures so far).
 import { events, planner } from "@ferry/proto";
 import type { InventoryNode } from "./plan.ts";
-import { minorOf } from "./versions.ts";
+import { minorOf, reportedMinor } from "./versions.ts";
 import { isActive, nodeDone, RELEASED, reportedFailures, summarize } from "./progress.ts";
 import { inWindow, parseWindow } from "./window.ts";
 
@@ -56,10 +56,8 @@ function oldestCpMinor(mine: Map<string, string>, w: World): number | undefined 
   let min: number | undefined;
   for (const n of w.inventory.values()) {
     if (n.status.role !== CP) continue;
-    const v = mine.get(n.status.name) ?? n.status.currentVersion;
-    if (!v) continue;
-    const m = minorOf(v);
-    if (min === undefined || m < min) min = m;
+    const m = reportedMinor(mine.get(n.status.name) ?? n.status.currentVersion);
+    if (m !== undefined && (min === undefined || m < min)) min = m;
   }
   return min;
 }

@@ -12,6 +12,19 @@ export function minorOf(version: string): number {
   }
   return m;
 }
+/**
+ * The minor of a version a node reports about itself, or undefined when it is not a
+ * version (a heartbeat is input: one bad record holds back its node, never the planning).
+ */
+export function reportedMinor(version: string): number | undefined {
+  if (!version) return undefined;
+  try {
+    return minorOf(version);
+  } catch {
+    return undefined;
+  }
+}
+
 export const minorName = (version: string) => {
   const v = parseVersion(version);
   return `v${v.major}.${v.minor}`;

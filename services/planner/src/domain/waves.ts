@@ -8,7 +8,7 @@ import { events, planner } from "@ferry/proto";
 import type { InventoryNode } from "./plan.ts";
 import { newProgress, nodeDone } from "./progress.ts";
 import { decide, type World } from "./rollout.ts";
-import { minorName, minorOf } from "./versions.ts";
+import { minorName, minorOf, reportedMinor } from "./versions.ts";
 
 const CP = events.Role.ROLE_CONTROL_PLANE;
 const R = planner.NodeRunState;
@@ -16,7 +16,10 @@ const R = planner.NodeRunState;
 /** The oldest minor the control plane runs (from the heartbeats). */
 export function cpMinor(nodes: Iterable<InventoryNode>): number | undefined {
   let min: number | undefined;
-  for (const n of nodes) if (n.status.role === CP && n.status.currentVersion) min = Math.min(min ?? Infinity, minorOf(n.status.currentVersion));
+  for (const n of nodes) {
+    const m = n.status.role === CP ? reportedMinor(n.status.currentVersion) : undefined;
+    if (m !== undefined) min = Math.min(min ?? Infinity, m);
+  }
   return min;
 }
 
