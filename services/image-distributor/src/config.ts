@@ -12,7 +12,12 @@ const vars = {
   idleTimeoutMs: v.int("FERRY_DISTRIBUTOR_IDLE_TIMEOUT_MS", "close HTTP connections idle this long", 60_000, 1000),
   natsUrl: v.optionalString("FERRY_NATS_URL", "NATS server URL(s) for the audit trail (empty: audit records go to the log only)"),
   natsCreds: v.optionalString("FERRY_NATS_CREDS", "NATS credentials file (the site's distributor.creds)"),
-  upstreamTimeoutMs: v.int("FERRY_DISTRIBUTOR_UPSTREAM_TIMEOUT_MS", "upstream headers/idle-body timeout", 30_000, 100),
+  upstreamTimeoutMs: v.int(
+    "FERRY_DISTRIBUTOR_UPSTREAM_TIMEOUT_MS",
+    "upstream headers/idle-body timeout; a source that sends nothing this long over its retries is given up, and a board waiting for a fill's first byte gets 504 after it + 5 s",
+    30_000,
+    100,
+  ),
 };
 
 export type Config = ReturnType<typeof readConfig<typeof vars>> & { security: GrpcSecurity; parentUrls: string[] };

@@ -4,7 +4,7 @@ import { open, rm, type FileHandle } from "node:fs/promises";
 import { failedPrecondition, invalidArgument, notFound, openConfined, type Logger } from "@ferry/runtime";
 import type { Filler } from "./adapters/fill.ts";
 import type { BlobEntry, BlobStore } from "./adapters/store.ts";
-import { DIGEST_RE, DiskFullError } from "./errors.ts";
+import { DIGEST_RE, DiskFullError, MAX_SOURCE_URL, MAX_SOURCES } from "./errors.ts";
 import type { Metrics } from "./metrics.ts";
 
 const HOLDER_RE = /^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$/;
@@ -32,23 +32,32 @@ export class Distributor {
     this.importDirs = importDirs;
   }
 
-  async register(digest: string, size: number, sources: string[]): Promise<BlobEntry> {
+  /** Every check of a registration, before anything is recorded. */
+  #checkRegistration(digest: string, size: number, sources: string[]): void {
     checkDigest(digest);
+    if (!Number.isSafeInteger(size) || size < 0) throw invalidArgument("size must be a whole number of bytes (0: unknown)", "SIZE_INVALID");
     checkSources(sources);
     const e = this.store.get(digest);
     if (size > 0 && e?.size !== undefined && e.size !== size) {
-      throw failedPrecondition(`blob ${digest} is already known as ${e.size} bytes, not ${size}`, "SIZE_CONFLICT");
+      const fix = e.cached ? "" : "; if the registered size is wrong, EvictBlob forgets the registration";
+      throw failedPrecondition(`blob ${digest} is already known as ${e.size} bytes, not ${size}${fix}`, "SIZE_CONFLICT");
     }
+  }
+
+  async register(digest: string, size: number, sources: string[]): Promise<BlobEntry> {
+    this.#checkRegistration(digest, size, sources);
     return this.store.register(digest, size > 0 ? size : undefined, sources);
   }
 
   /** Registers, fills (or joins the running fill) and reports progress until committed. */
   async *prefetch(digest: string, size: number, sources: string[], holder: string, signal: AbortSignal): AsyncIterable<PrefetchProgress> {
-    await this.register(digest, size, sources);
-    if (holder) {
-      checkHolder(holder);
-      await this.store.pin(digest, holder);
-    }
+    // Everything is checked before anything is recorded: a refused call leaves no trace.
+    this.#checkRegistration(digest, size, sources);
+    if (holder) checkHolder(holder);
+    if (!this.store.get(digest)?.cached && sources.length === 0 && this.filler.sources(digest).length === 0)
+      throw failedPrecondition(`no source for ${digest}: give source URLs or configure a parent distributor`, "NO_SOURCE");
+    await this.store.register(digest, size > 0 ? size : undefined, sources);
+    if (holder) await this.store.pin(digest, holder);
     const cached = this.store.get(digest);
     if (cached?.cached) {
       yield { bytesDone: cached.size!, bytesTotal: cached.size!, rate: 0, source: "cache", done: true };
@@ -145,9 +154,10 @@ export class Distributor {
     return e;
   }
 
+  /** Pins a blob this distributor knows (cached, registered or filling); an unknown digest is NOT_FOUND. */
   async pin(digest: string, holder: string): Promise<BlobEntry> {
-    checkDigest(digest);
     checkHolder(holder);
+    this.stat(digest);
     return this.store.pin(digest, holder);
   }
 
@@ -158,12 +168,15 @@ export class Distributor {
     return this.store.unpin(digest, holder);
   }
 
+  /** Removes a cached blob's bytes; on one only registered, forgets the registration (see the proto). */
   async evict(digest: string): Promise<boolean> {
     checkDigest(digest);
     const e = this.store.get(digest);
-    if (!e?.cached) throw notFound(`blob ${digest} is not cached`, "BLOB_NOT_FOUND");
+    if (!e) throw notFound(`blob ${digest} is not known`, "BLOB_NOT_FOUND");
     if (e.pins.length > 0) throw failedPrecondition(`blob ${digest} is pinned by ${e.pins.join(", ")}`, "PINNED");
-    return this.store.evict(digest);
+    if (e.cached) return this.store.evict(digest);
+    if (this.filler.get(digest)) throw failedPrecondition(`blob ${digest} is being filled; evict it once the fill ended`, "FILLING");
+    return this.store.forget(digest);
   }
 }
 
@@ -176,8 +189,13 @@ function checkHolder(h: string): void {
 }
 
 function checkSources(sources: string[]): void {
-  if (sources.length > 16) throw invalidArgument("at most 16 source URLs", "SOURCES_INVALID");
+  if (sources.length > MAX_SOURCES) throw invalidArgument(`at most ${MAX_SOURCES} source URLs`, "SOURCES_INVALID");
   for (const s of sources) {
+    if (s.length > MAX_SOURCE_URL)
+      throw invalidArgument(`source "${s.slice(0, 80)}…" is longer than ${MAX_SOURCE_URL} characters`, "SOURCES_INVALID");
+    // eslint-disable-next-line no-control-regex
+    if (/[\x00-\x20\x7f]/.test(s))
+      throw invalidArgument(`source ${JSON.stringify(s.slice(0, 80))} holds spaces or control characters`, "SOURCES_INVALID");
     let u: URL;
     try {
       u = new URL(s);

@@ -17,3 +17,7 @@ export class DiskFullError extends FerryError {
 }
 
 export const DIGEST_RE = /^[0-9a-f]{64}$/;
+/** Sources a blob keeps (a new one replaces the oldest) and sources one call may give. */
+export const MAX_SOURCES = 16;
+/** The longest source URL accepted. */
+export const MAX_SOURCE_URL = 2048;

@@ -18,6 +18,8 @@ export interface Behaviour {
   noRanges?: boolean;
   /** Answer this status instead. */
   status?: number;
+  /** Accept the request and never answer (a stalled upstream). */
+  stall?: boolean;
 }
 
 export class Upstream {
@@ -36,6 +38,7 @@ export class Upstream {
     this.#server = createServer((req, res) => {
       this.requests.push({ range: req.headers.range });
       const b = this.behaviour;
+      if (b.stall) return;
       if (b.status) return res.writeHead(b.status).end();
       const body = b.wrongContent ?? this.blob;
       let start = 0;

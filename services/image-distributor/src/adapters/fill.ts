@@ -23,6 +23,14 @@ export interface FillOptions {
   headersTimeoutMs?: number;
   /** Idle time between upstream chunks before the connection counts as broken. */
   bodyTimeoutMs?: number;
+  /**
+   * A source that delivers no byte for this long, over all its retries, is given up (the
+   * next one is tried): retries resume a source that is making progress, they never keep
+   * a stalled one for retries × timeout (default: headersTimeoutMs).
+   */
+  stallMs?: number;
+  /** This distributor's name in the Via header of its upstream requests (a source that is itself answers 508). */
+  via?: string;
 }
 
 /** One upstream fill in progress. Readers wait on it for bytes. */
@@ -133,7 +141,8 @@ export class Filler {
     this.#store = store;
     this.#metrics = metrics;
     this.#log = log;
-    this.#opts = { retriesPerSource: 3, headersTimeoutMs: 30_000, bodyTimeoutMs: 30_000, ...opts };
+    const headersTimeoutMs = opts.headersTimeoutMs ?? 30_000;
+    this.#opts = { retriesPerSource: 3, headersTimeoutMs, bodyTimeoutMs: 30_000, stallMs: headersTimeoutMs, via: "", ...opts };
   }
 
   get(digest: string): Fill | undefined {
@@ -252,9 +261,11 @@ export class Filler {
   async #fromSource(fill: Fill, source: string, fh: FileHandle, hashIn: Hash, log: Logger): Promise<Hash> {
     let hash = hashIn;
     let attempt = 0;
+    let progressAt = Date.now();
     for (;;) {
       try {
         const headers: Record<string, string> = { "accept-encoding": "identity" };
+        if (this.#opts.via) headers.via = `1.1 ${this.#opts.via}`;
         if (fill.written > 0) headers.range = `bytes=${fill.written}-`;
         const res = await request(source, {
           headers,
@@ -282,9 +293,13 @@ export class Filler {
           const cl = res.headers["content-length"];
           total = typeof cl === "string" && /^\d+$/.test(cl) ? Number(cl) : undefined;
         } else {
-          res.body.destroy();
-          const err = new BadSourceError(`${source} answered ${res.statusCode}`, `HTTP_${res.statusCode}`);
-          if (res.statusCode >= 500) throw Object.assign(err, { retryable: true });
+          // An error body is small: read it off (destroying an unread undici body raises an unhandled AbortError).
+          await res.body.dump({ limit: 64 * 1024 }).catch(() => undefined);
+          const err =
+            res.statusCode === 508
+              ? new BadSourceError(`${source} is this distributor itself (it answered 508 Loop Detected)`, "SOURCE_IS_SELF")
+              : new BadSourceError(`${source} answered ${res.statusCode}`, `HTTP_${res.statusCode}`);
+          if (res.statusCode >= 500 && res.statusCode !== 508) throw Object.assign(err, { retryable: true });
           throw err;
         }
         if (total !== undefined) {
@@ -309,6 +324,7 @@ export class Filler {
           hash.update(chunk);
           processReclaimer.add(chunk.length);
           fill.written += chunk.length;
+          progressAt = Date.now();
           this.#metrics.upstreamBytes.inc(chunk.length);
           fill.emit("progress");
         }
@@ -324,6 +340,12 @@ export class Filler {
         if (this.#stop.signal.aborted) throw err;
         const retryable = !(err instanceof BadSourceError) || (err as { retryable?: boolean }).retryable === true;
         if (!retryable || attempt >= this.#opts.retriesPerSource) throw err;
+        const idle = Date.now() - progressAt;
+        if (idle >= this.#opts.stallMs)
+          throw new BadSourceError(
+            `${source} delivered nothing for ${Math.round(idle / 1000)} s (${(err as Error).message}); giving up on it`,
+            "STALLED",
+          );
         attempt += 1;
         log.info({ source, attempt, at: fill.written, err: (err as Error).message }, "upstream broke; resuming with Range");
         await sleep(Math.min(2000, 100 * 2 ** attempt), this.#stop.signal);

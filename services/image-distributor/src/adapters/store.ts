@@ -8,7 +8,7 @@ import { randomBytes } from "node:crypto";
 import { mkdirSync, readdirSync, readFileSync, rmSync, statSync } from "node:fs";
 import { open, rename, rm, stat, unlink } from "node:fs/promises";
 import { join } from "node:path";
-import { DiskFullError } from "../errors.ts";
+import { DiskFullError, MAX_SOURCES } from "../errors.ts";
 import { fsyncDir, isTempPath, writeFileAtomic } from "@ferry/runtime";
 
 export interface BlobEntry {
@@ -111,12 +111,26 @@ export class BlobStore {
     return n;
   }
 
-  async register(d: string, size: number | undefined, sources: string[]): Promise<BlobEntry> {
+  /**
+   * Records a size and sources. A blob keeps at most `maxSources` sources: a new one
+   * replaces the oldest, so repeated calls never grow the index (or ListBlobs) without bound.
+   */
+  async register(d: string, size: number | undefined, sources: string[], maxSources = MAX_SOURCES): Promise<BlobEntry> {
     const e = this.entry(d);
     if (size !== undefined && size > 0) e.size = size;
     for (const s of sources) if (!e.sources.includes(s)) e.sources.push(s);
+    if (e.sources.length > maxSources) e.sources.splice(0, e.sources.length - maxSources);
     await this.save();
     return e;
+  }
+
+  /** Forgets a registration that holds nothing (not cached, no pins); false when there is none. */
+  async forget(d: string): Promise<boolean> {
+    const e = this.#entries.get(d);
+    if (!e || e.cached || e.pins.length > 0 || this.#reserved.has(d)) return false;
+    this.#entries.delete(d);
+    await this.save();
+    return true;
   }
 
   async pin(d: string, holder: string): Promise<BlobEntry> {

@@ -19,6 +19,10 @@ export interface HttpDeps {
   ready: () => boolean;
   /** A connection idle this long (no bytes either way) is closed. */
   idleTimeoutMs?: number;
+  /** A GET waiting for a fill's first byte answers 504 after this long (the fill goes on). */
+  firstByteTimeoutMs?: number;
+  /** This distributor's name in Via (its fills send it): a request that carries it came from itself and gets 508. */
+  via?: string;
 }
 
 const BLOB_PATH = /^\/blobs\/sha256\/([0-9a-f]{64})$/;
@@ -65,9 +69,15 @@ function plain(res: ServerResponse, status: number, body: string, headers: Recor
 }
 
 async function handle(deps: HttpDeps, req: IncomingMessage, res: ServerResponse): Promise<void> {
-  // RFC 9112 §3.2: a request with more than one Host is rejected (Node rejects none).
-  if ((req.headersDistinct.host?.length ?? 0) !== 1) return plain(res, 400, "exactly one Host header is required\n");
-  const raw = req.url ?? "";
+  // RFC 9112 §3.2: the origin form (/blobs/...), or the absolute form a server must also
+  // accept (its path is what counts; the cache key is never the host); anything else
+  // (`*`, authority form) is refused and the connection closed.
+  const raw = originForm(req.url ?? "");
+  if (raw === undefined) return plain(res, 400, "bad request target: want /blobs/sha256/<hex>\n", { connection: "close" });
+  // RFC 9112 §3.2: an HTTP/1.1 request carries exactly one Host (Node rejects none); HTTP/1.0 may omit it.
+  const hosts = req.headersDistinct.host?.length ?? 0;
+  if (hosts > 1 || (hosts === 0 && req.httpVersion !== "1.0"))
+    return plain(res, 400, "exactly one Host header is required\n", { connection: "close" });
   const path = raw.split("?")[0]!;
   if (path === "/healthz") return plain(res, deps.ready() ? 200 : 503, deps.ready() ? "ok\n" : "not ready\n");
   if (path === "/metrics") {
@@ -83,6 +93,9 @@ async function handle(deps: HttpDeps, req: IncomingMessage, res: ServerResponse)
   }
   if (req.method !== "GET" && req.method !== "HEAD") return plain(res, 405, "method not allowed\n", { allow: "GET, HEAD" });
   const digest = m[1]!;
+  // RFC 9110 §7.6.3 / RFC 5842 §7.2: our own fill asking us (a source that is this distributor).
+  if (deps.via && viaNames(req.headers.via).includes(deps.via))
+    return plain(res, 508, `loop: this request came from this distributor's own fill of ${digest}; a source must be another server\n`);
   const ac = new AbortController();
   res.once("close", () => ac.abort(new Error("client went away")));
 
@@ -120,8 +133,13 @@ async function handle(deps: HttpDeps, req: IncomingMessage, res: ServerResponse)
   if (fill && fill.state !== "done") {
     deps.metrics.misses.inc();
     try {
-      // Answer only once upstream delivers: a fill that fails first gets a clean 502.
-      await fill.started();
+      // Answer only once upstream delivers: a fill that fails first gets a clean 502, one
+      // that delivers nothing in time a 504 (the fill goes on; the client retries).
+      const limit = deps.firstByteTimeoutMs ?? 35_000;
+      if (!(await withinMs(fill.started(), limit, ac.signal)))
+        return plain(res, 504, `upstream sent no byte of ${digest} within ${Math.round(limit / 1000)} s; the fill goes on: retry later\n`, {
+          "retry-after": "10",
+        });
       size = await fill.knownSize();
     } catch (err) {
       return plain(res, 502, `could not fetch blob ${digest} from upstream: ${(err as Error).message}\n`);
@@ -182,7 +200,7 @@ async function handle(deps: HttpDeps, req: IncomingMessage, res: ServerResponse)
   if (fill && fill.state === "filling" && parts.length === 1 && passing(parts)) {
     const r = parts[0]!;
     try {
-      await passThrough(res, deps.filler.sources(digest), r, size, deps.metrics, ac.signal);
+      await passThrough(res, deps.filler.sources(digest), r, size, deps.metrics, ac.signal, deps.via);
       res.end();
     } catch (err) {
       res.destroy();
@@ -197,6 +215,38 @@ async function handle(deps: HttpDeps, req: IncomingMessage, res: ServerResponse)
     // The response is aborted, never ended cleanly: the client must not take it as whole.
     res.destroy();
     deps.log.debug({ err: (err as Error).message }, "response aborted");
+  }
+}
+
+/** The origin-form target of a request target (absolute form: its path and query), or undefined. */
+function originForm(target: string): string | undefined {
+  if (target.startsWith("/")) return target;
+  if (!/^https?:\/\//i.test(target)) return undefined;
+  try {
+    const u = new URL(target);
+    return `${u.pathname}${u.search}`;
+  } catch {
+    return undefined;
+  }
+}
+
+/** The received-by names of a Via header ("1.1 a, 1.0 b" → [a, b]). */
+function viaNames(via: string | undefined): string[] {
+  return (via ?? "").split(",").map((hop) => hop.trim().split(/\s+/)[1] ?? "");
+}
+
+/** True when `p` settles within `ms` (rejecting as it does), false when it does not. */
+async function withinMs(p: Promise<void>, ms: number, signal: AbortSignal): Promise<boolean> {
+  let timer: NodeJS.Timeout | undefined;
+  const late = new Promise<false>((resolve) => {
+    timer = setTimeout(() => resolve(false), ms);
+    signal.addEventListener("abort", () => resolve(false), { once: true });
+  });
+  p.catch(() => undefined); // settling after the race is lost is not an unhandled rejection
+  try {
+    return await Promise.race([p.then(() => true as const), late]);
+  } finally {
+    clearTimeout(timer);
   }
 }
 
@@ -221,13 +271,21 @@ function multipart(ranges: ByteRange[], size: number, boundary: string): Part[] 
 const PASS_THROUGH_GAP = 16 * 1024 * 1024;
 
 /** Streams one range straight from the first upstream that answers it correctly. */
-async function passThrough(res: ServerResponse, sources: string[], r: ByteRange, size: number, metrics: Metrics, signal: AbortSignal): Promise<void> {
+async function passThrough(
+  res: ServerResponse,
+  sources: string[],
+  r: ByteRange,
+  size: number,
+  metrics: Metrics,
+  signal: AbortSignal,
+  via: string | undefined,
+): Promise<void> {
   let lastErr: unknown;
   let sent = 0;
   for (const source of sources) {
     try {
       const up = await request(source, {
-        headers: { range: `bytes=${r.start}-${r.end}`, "accept-encoding": "identity" },
+        headers: { range: `bytes=${r.start}-${r.end}`, "accept-encoding": "identity", ...(via ? { via: `1.1 ${via}` } : {}) },
         signal,
         headersTimeout: 30_000,
         bodyTimeout: 30_000,
