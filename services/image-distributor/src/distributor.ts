@@ -193,7 +193,6 @@ function checkSources(sources: string[]): void {
   for (const s of sources) {
     if (s.length > MAX_SOURCE_URL)
       throw invalidArgument(`source "${s.slice(0, 80)}…" is longer than ${MAX_SOURCE_URL} characters`, "SOURCES_INVALID");
-    // eslint-disable-next-line no-control-regex
     if (/[\x00-\x20\x7f]/.test(s))
       throw invalidArgument(`source ${JSON.stringify(s.slice(0, 80))} holds spaces or control characters`, "SOURCES_INVALID");
     let u: URL;
