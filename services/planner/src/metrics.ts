@@ -2,6 +2,7 @@
 // read from the state when scraped; counters and histograms are fed by the controller
 // and WatchUpgrade. deploy/grafana/ferry.json charts these names.
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from "prom-client";
+import { BUCKETS } from "@ferry/messaging";
 import { events, planner } from "@ferry/proto";
 import { REFUSAL_REASONS } from "./admission.ts";
 
@@ -123,6 +124,7 @@ export class PlannerMetrics {
     // Every series exists from the start (at 0), so rate() and alerts see the first refusal.
     for (const reason of REFUSAL_REASONS) this.admissionRefused.inc({ reason }, 0);
     for (const kind of ["event", "heartbeat"]) this.forged.inc({ kind }, 0);
+    for (const bucket of [BUCKETS.planner, BUCKETS.nodes, BUCKETS.catalog]) this.unreadable.inc({ bucket }, 0);
     collectDefaultMetrics({ register: this.registry });
   }
 }
