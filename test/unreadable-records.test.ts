@@ -8,9 +8,7 @@ import { describe, expect, it } from "vitest";
 import { zstdCompressSync } from "node:zlib";
 import { catalog } from "@ferry/proto";
 import { createClient } from "@ferry/grpc";
-import { createApp as createCatalog, loadConfig as catalogConfig } from "@ferry/catalog";
 import { BUCKETS, openBucket, RECORDS } from "@ferry/messaging";
-import { createLogger } from "@ferry/runtime";
 import { encodeManifest } from "@ferry/release";
 import { placeholderManifest } from "@ferry/testing";
 import { Site } from "../services/planner/test/harness.ts";
@@ -41,43 +39,28 @@ describe("unreadable records", () => {
     await catKv.put("releases.v1.35.1", RECORDS.release.encode(edited));
 
     // A catalog that starts now (the running one saw the same records live).
-    const cat = createCatalog(
-      catalogConfig({
-        FERRY_NATS_URL: site.nats.url,
-        FERRY_GRPC_ADDR: "127.0.0.1:0",
-        FERRY_KEYRING_FILE: site.keyring,
-        FERRY_METRICS_ADDR: "127.0.0.1:0",
-      }),
-      createLogger("catalog", "silent"),
-    );
-    await cat.start();
-    try {
-      for (const addr of [`127.0.0.1:${cat.port()}`, site.catalogAddr]) {
-        const c = createClient(catalog.CatalogServiceService, addr);
-        const { releases } = await c.listReleases({ board: "" });
-        expect(releases.map((r) => r.version)).toEqual(["v1.35.1", "v1.34.5", "v1.34.2", "v1.33.7", "v1.33.4"]);
-        const v135 = releases[0]!;
-        expect(v135.manifest!.notes).not.toBe("edited in the bucket");
-        expect(v135.manifest!.allowedFrom).toEqual([]);
-        expect((await c.resolveTarget({ target: "latest", board: "" })).version).toBe("v1.35.1");
-        c.close();
-      }
-      expect(await metric(cat.metricsPort(), "ferry_catalog_unreadable_records_total")).toBe(2);
-
-      // The planner starts, leads and answers over its broken upgrade.
-      const p = await site.planner({ FERRY_METRICS_ADDR: "127.0.0.1:0" });
-      const { upgrades } = await p.client.listUpgrades({});
-      expect(upgrades.map((u) => u.id)).not.toContain("broken");
-      expect(await metric(p.app.metricsPort(), 'ferry_planner_unreadable_records_total{bucket="ferry_planner"}')).toBeGreaterThanOrEqual(1);
-      // And a record that turns bad while it runs is skipped the same way.
-      await planKv.put("upgrades.later", truncatedZstd);
-      await expect
-        .poll(() => metric(p.app.metricsPort(), 'ferry_planner_unreadable_records_total{bucket="ferry_planner"}'))
-        .toBeGreaterThanOrEqual(2);
-      expect((await p.client.listUpgrades({})).upgrades).toBeDefined();
-      p.client.close();
-    } finally {
-      await cat.stop(AbortSignal.timeout(2000));
+    const cat = await site.catalog({ FERRY_METRICS_ADDR: "127.0.0.1:0" });
+    for (const addr of [`127.0.0.1:${cat.port()}`, site.catalogAddr]) {
+      const c = createClient(catalog.CatalogServiceService, addr);
+      const { releases } = await c.listReleases({ board: "" });
+      expect(releases.map((r) => r.version)).toEqual(["v1.35.1", "v1.34.5", "v1.34.2", "v1.33.7", "v1.33.4"]);
+      const v135 = releases[0]!;
+      expect(v135.manifest!.notes).not.toBe("edited in the bucket");
+      expect(v135.manifest!.allowedFrom).toEqual([]);
+      expect((await c.resolveTarget({ target: "latest", board: "" })).version).toBe("v1.35.1");
+      c.close();
     }
+    expect(await metric(cat.metricsPort(), "ferry_catalog_unreadable_records_total")).toBe(2);
+
+    // The planner starts, leads and answers over its broken upgrade.
+    const p = await site.planner({ FERRY_METRICS_ADDR: "127.0.0.1:0" });
+    const { upgrades } = await p.client.listUpgrades({});
+    expect(upgrades.map((u) => u.id)).not.toContain("broken");
+    expect(await metric(p.app.metricsPort(), 'ferry_planner_unreadable_records_total{bucket="ferry_planner"}')).toBeGreaterThanOrEqual(1);
+    // And a record that turns bad while it runs is skipped the same way.
+    await planKv.put("upgrades.later", truncatedZstd);
+    await expect.poll(() => metric(p.app.metricsPort(), 'ferry_planner_unreadable_records_total{bucket="ferry_planner"}')).toBeGreaterThanOrEqual(2);
+    expect((await p.client.listUpgrades({})).upgrades).toBeDefined();
+    p.client.close();
   });
 });

@@ -98,7 +98,7 @@ export async function runMain(app: App, opts: RunOptions): Promise<Lifecycle> {
  * exits 1 at once, for its supervisor to restart it from its durable state (the journal,
  * KV), never running on in a state nobody knows.
  */
-export function installCrashPolicy(logger: Logger, exit: (code: number) => void = (c) => process.exit(c)): { unhandled(): number } {
+export function installCrashPolicy(logger: Logger): void {
   let unhandled = 0;
   process.on("unhandledRejection", (reason) => {
     unhandled += 1;
@@ -106,9 +106,8 @@ export function installCrashPolicy(logger: Logger, exit: (code: number) => void 
   });
   process.on("uncaughtException", (err) => {
     logger.fatal({ err }, "uncaught exception: exiting for the supervisor to restart from durable state");
-    exit(1);
+    process.exit(1);
   });
-  return { unhandled: () => unhandled };
 }
 
 /**

@@ -63,8 +63,6 @@ export class Distributor {
       yield { bytesDone: cached.size!, bytesTotal: cached.size!, rate: 0, source: "cache", done: true };
       return;
     }
-    if (this.filler.sources(digest).length === 0)
-      throw failedPrecondition(`no source for ${digest}: give source URLs or configure a parent distributor`, "NO_SOURCE");
     const fill = this.filler.start(digest);
     let lastAt = Date.now();
     let lastBytes = fill.written;

@@ -52,17 +52,7 @@ export class Site implements AsyncDisposable {
     s.boardKeyring = parseKeyringJson(formatKeyringJson([kp.publicPem], 1, [pk.publicPem]));
     const siteKey = join(s.dir.path, "site.key");
     if (o.siteKey) writeFileSync(siteKey, generateKeyPair().privatePem);
-    const cat = createCatalog(
-      catalogConfig({
-        FERRY_NATS_URL: s.nats.url,
-        FERRY_GRPC_ADDR: "127.0.0.1:0",
-        FERRY_KEYRING_FILE: s.keyring,
-        ...(o.siteKey ? { FERRY_SITE_KEY_FILE: siteKey } : {}),
-      }),
-      createLogger("catalog", "silent"),
-    );
-    await cat.start();
-    s.#apps.push(cat);
+    const cat = await s.catalog(o.siteKey ? { FERRY_SITE_KEY_FILE: siteKey } : {});
     s.catalogAddr = `127.0.0.1:${cat.port()}`;
     const c = createClient(catalog.CatalogServiceService, s.catalogAddr);
     const key = loadSigningKey(kp.privatePem);
@@ -70,6 +60,17 @@ export class Site implements AsyncDisposable {
       await c.publishRelease({ envelope: signEnvelope(encodeManifest(placeholderManifest(v)), [key]) });
     c.close();
     return s;
+  }
+
+  /** Starts a catalog on the site's NATS with its keyring (stopped with the site). */
+  async catalog(env: Record<string, string> = {}) {
+    const cat = createCatalog(
+      catalogConfig({ FERRY_NATS_URL: this.nats.url, FERRY_GRPC_ADDR: "127.0.0.1:0", FERRY_KEYRING_FILE: this.keyring, ...env }),
+      createLogger("catalog", "silent"),
+    );
+    await cat.start();
+    this.#apps.push(cat);
+    return cat;
   }
 
   async planner(env: Record<string, string> = {}, over: Parameters<typeof createPlanner>[2] = {}) {

@@ -112,14 +112,14 @@ export class BlobStore {
   }
 
   /**
-   * Records a size and sources. A blob keeps at most `maxSources` sources: a new one
+   * Records a size and sources. A blob keeps at most MAX_SOURCES sources: a new one
    * replaces the oldest, so repeated calls never grow the index (or ListBlobs) without bound.
    */
-  async register(d: string, size: number | undefined, sources: string[], maxSources = MAX_SOURCES): Promise<BlobEntry> {
+  async register(d: string, size: number | undefined, sources: string[]): Promise<BlobEntry> {
     const e = this.entry(d);
     if (size !== undefined && size > 0) e.size = size;
     for (const s of sources) if (!e.sources.includes(s)) e.sources.push(s);
-    if (e.sources.length > maxSources) e.sources.splice(0, e.sources.length - maxSources);
+    if (e.sources.length > MAX_SOURCES) e.sources.splice(0, e.sources.length - MAX_SOURCES);
     await this.save();
     return e;
   }
